@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs the Debian packages capsule needs to build, test and benchmark.
+# Idempotent: packages already present are not reinstalled. Needs root (or sudo).
+set -euo pipefail
+
+packages=(
+  # guest kernel build (guest-kernel-config/build.sh)
+  linux-source-6.12 build-essential bc bison flex libelf-dev libssl-dev cpio kmod dwarves rsync
+  # guests under software CPU (tier T2) and the QEMU backend
+  qemu-system-x86
+  # guest userland and image builders
+  busybox-static e2fsprogs erofs-utils zstd
+  # hand-testing the vsock Unix socket
+  socat
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "install-deps: all ${#packages[@]} packages present"
+  exit 0
+fi
+
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+echo "install-deps: installing ${missing[*]}"
+$SUDO apt-get update -q
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
