@@ -1,1 +1,7 @@
-pub fn placeholder() {}
+//! capsule's virtual machine monitor: boots a Linux guest in a KVM microVM.
+//!
+//! See `ARCHITECTURE.md` at the repository root for a map of the modules.
+
+pub mod arch;
+pub mod devices;
+pub mod memory;

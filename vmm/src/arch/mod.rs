@@ -1,0 +1,3 @@
+//! x86_64 specifics: the guest address map, boot structures, CPU setup.
+
+pub mod layout;

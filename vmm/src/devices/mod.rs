@@ -1,0 +1,4 @@
+//! Device models: the buses that route guest accesses, legacy devices and virtio devices.
+
+pub mod bus;
+pub mod virtio;
