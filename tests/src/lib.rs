@@ -4,4 +4,6 @@
 //! a machine that has what the tier needs, and are otherwise reported as ignored, with the reason
 //! printed, never as passed.
 
+pub mod capsule;
+pub mod guests;
 pub mod tier;
