@@ -19,7 +19,10 @@ pub fn unavailable_reason(tier: Tier) -> Option<String> {
         Tier::T1 => kvm_unusable_reason(),
         Tier::T2 => {
             if find_in_path("qemu-system-x86_64").is_none() {
-                Some("qemu-system-x86_64 is not installed (scripts/install-deps.sh installs it)".into())
+                Some(
+                    "qemu-system-x86_64 is not installed (scripts/install-deps.sh installs it)"
+                        .into(),
+                )
             } else {
                 None
             }
@@ -46,7 +49,11 @@ pub fn unavailable_reason(tier: Tier) -> Option<String> {
 }
 
 fn kvm_unusable_reason() -> Option<String> {
-    match std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm") {
+    match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+    {
         Ok(_) => None,
         Err(e) => Some(format!("/dev/kvm cannot be opened read-write: {e}")),
     }

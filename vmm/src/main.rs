@@ -1,1 +1,36 @@
-fn main() {}
+//! `capsule`: runs each container in its own KVM microVM.
+
+mod cli;
+mod logger;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "capsule",
+    version,
+    about = "Run containers in KVM microVMs",
+    long_about = "capsule runs every container in its own KVM microVM: one VMM process per VM, \
+                  a Linux guest kernel with container objects, reached over virtio-vsock.\n\n\
+                  Logging: set CAPSULE_LOG to error, warn (default), info, debug or trace."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Boot a kernel in a microVM and run it until the guest ends.
+    Run(cli::run::RunArgs),
+}
+
+fn main() -> ExitCode {
+    logger::init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run(args) => cli::run::run(args),
+    }
+}

@@ -1,0 +1,406 @@
+//! Assembles a microVM from a [`VmConfig`] and runs it until it ends.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
+use log::{info, warn};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
+
+use crate::arch::boot::{self, InitrdPlacement};
+use crate::arch::cpuid::vcpu_cpuid;
+use crate::arch::layout::{CMDLINE_ADDR, IRQ_MAX, VIRTIO_IRQ_BASE, VIRTIO_MMIO_BASE};
+use crate::arch::mptable::{self, MAX_CPUS};
+use crate::arch::regs::BootMode;
+use crate::devices::bus::{Bus, BusError};
+use crate::devices::legacy::i8042::{I8042, I8042_DATA_PORT, I8042_PORT_LEN};
+use crate::devices::legacy::serial::{
+    ConsoleSink, SerialConsole, COM1_IRQ, COM1_PORT, COM1_PORT_LEN,
+};
+use crate::devices::legacy::EventFdTrigger;
+use crate::devices::virtio::mmio::{
+    MmioError, MmioTransport, MMIO_WINDOW_SIZE, QUEUE_NOTIFY_OFFSET,
+};
+use crate::devices::virtio::rng::Rng;
+use crate::devices::virtio::{IrqTrigger, VirtioDevice};
+use crate::exit::ExitReason;
+use crate::host::GuestProfile;
+use crate::loader::{self, KernelEntry, KernelFormat, LoaderError};
+use crate::memory::{self, GuestMemoryMmap, MemoryError};
+use crate::vstate::vcpu::{ExitState, Vcpu, VcpuError};
+use crate::vstate::vm::{Vm, VmError};
+
+/// Kernel parameters every capsule guest gets: console on the serial port, reboot through the
+/// keyboard controller (which ends the VM), no PCI probing, no i8042 port probing.
+pub const DEFAULT_CMDLINE: &str =
+    "console=ttyS0 reboot=k panic=1 pci=off i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd";
+
+/// What to boot and with which resources.
+pub struct VmConfig {
+    pub kernel: PathBuf,
+    pub initrd: Option<PathBuf>,
+    /// Appended to [`DEFAULT_CMDLINE`] and the profile's parameters.
+    pub cmdline_extra: Option<String>,
+    pub vcpus: u32,
+    pub memory_mib: u64,
+    pub console: ConsoleSink,
+    /// Attach a virtio-rng device.
+    pub rng: bool,
+    pub profile: GuestProfile,
+}
+
+/// Errors while building a microVM. Each names the input or the step that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("--cpus must be at least 1")]
+    NoVcpus,
+    #[error("--cpus {requested} is more than {max}, the most vCPUs {limit}")]
+    TooManyVcpus {
+        requested: u32,
+        max: usize,
+        limit: &'static str,
+    },
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    #[error(transparent)]
+    Loader(#[from] LoaderError),
+    #[error("the kernel command line is {len} bytes, more than the kernel's limit of {max}")]
+    CmdlineTooLong { len: usize, max: usize },
+    #[error("cannot write boot information")]
+    BootInfo(#[from] boot::BootInfoError),
+    #[error("cannot write the MP table")]
+    Mptable(#[from] mptable::MptableError),
+    #[error("cannot write the kernel command line to guest memory")]
+    Cmdline(#[source] vm_memory::GuestMemoryError),
+    #[error("cannot place a device")]
+    Bus(#[from] BusError),
+    #[error("cannot create a virtio transport")]
+    Mmio(#[from] MmioError),
+    #[error("no interrupt line left for another virtio device")]
+    OutOfIrqs,
+    #[error(transparent)]
+    Vcpu(#[from] VcpuError),
+    #[error("cannot create {0}")]
+    Resource(&'static str, #[source] std::io::Error),
+    #[error("cannot set up the event loop")]
+    EventManager(#[source] event_manager::Error),
+}
+
+type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
+
+/// A built microVM, ready to run.
+pub struct MicroVm {
+    // `vm` owns the KVM fd the vCPUs and memory slots belong to; it must outlive both.
+    _vm: Vm,
+    mem: GuestMemoryMmap,
+    vcpus: Vec<Vcpu>,
+    io_bus: Arc<Bus>,
+    mmio_bus: Arc<Bus>,
+    events: EventManager<Subscriber>,
+    exit: Arc<ExitState>,
+    summary: String,
+}
+
+/// Hands out virtio-mmio windows and interrupt lines, and collects their command-line entries.
+struct VirtioSlots {
+    next_addr: u64,
+    next_irq: u32,
+    cmdline: Vec<String>,
+}
+
+impl VirtioSlots {
+    fn new() -> Self {
+        Self {
+            next_addr: VIRTIO_MMIO_BASE,
+            next_irq: VIRTIO_IRQ_BASE,
+            cmdline: Vec::new(),
+        }
+    }
+
+    fn take(&mut self) -> Result<(u64, u32), BuildError> {
+        if self.next_irq > IRQ_MAX {
+            return Err(BuildError::OutOfIrqs);
+        }
+        let slot = (self.next_addr, self.next_irq);
+        self.cmdline.push(format!(
+            "virtio_mmio.device={}K@{:#x}:{}",
+            MMIO_WINDOW_SIZE >> 10,
+            slot.0,
+            slot.1
+        ));
+        self.next_addr += MMIO_WINDOW_SIZE;
+        self.next_irq += 1;
+        Ok(slot)
+    }
+}
+
+/// Watches the VM-end event and the i8042 reset line on the event thread.
+struct Lifecycle {
+    exit: Arc<ExitState>,
+    reset_evt: EventFd,
+}
+
+const LIFECYCLE_EXIT: u32 = 0;
+const LIFECYCLE_RESET: u32 = 1;
+
+impl MutEventSubscriber for Lifecycle {
+    fn init(&mut self, ops: &mut EventOps) {
+        for (fd, data) in [
+            (self.exit.eventfd(), LIFECYCLE_EXIT),
+            (&self.reset_evt, LIFECYCLE_RESET),
+        ] {
+            if let Err(e) = ops.add(Events::with_data(fd, data, EventSet::IN)) {
+                // Without these the VM could never end: make it end now instead.
+                self.exit.report(ExitReason::VmmError(format!(
+                    "cannot watch VM lifecycle events: {e}"
+                )));
+            }
+        }
+    }
+
+    fn process(&mut self, events: Events, _ops: &mut EventOps) {
+        if events.data() == LIFECYCLE_RESET {
+            let _ = self.reset_evt.read();
+            self.exit.report(ExitReason::Reboot);
+        }
+        self.exit.request_stop();
+    }
+}
+
+fn eventfd(what: &'static str) -> Result<EventFd, BuildError> {
+    EventFd::new(libc::EFD_NONBLOCK).map_err(|e| BuildError::Resource(what, e))
+}
+
+impl MicroVm {
+    /// Creates the VM, loads the guest and wires up devices, without running anything.
+    pub fn build(config: VmConfig) -> Result<Self, BuildError> {
+        if config.vcpus == 0 {
+            return Err(BuildError::NoVcpus);
+        }
+        if config.memory_mib == 0 {
+            return Err(MemoryError::Zero.into());
+        }
+        let vm = Vm::new()?;
+        if config.vcpus as usize > vm.max_vcpus() {
+            return Err(BuildError::TooManyVcpus {
+                requested: config.vcpus,
+                max: vm.max_vcpus(),
+                limit: "KVM allows on this host",
+            });
+        }
+        let vcpu_count = u8::try_from(config.vcpus)
+            .ok()
+            .filter(|n| *n <= MAX_CPUS)
+            .ok_or(BuildError::TooManyVcpus {
+                requested: config.vcpus,
+                max: MAX_CPUS.into(),
+                limit: "an MP table can describe",
+            })?;
+        let mem = memory::create_guest_memory(config.memory_mib)?;
+        vm.register_memory(&mem)?;
+
+        let kernel = loader::load_kernel(&mem, &config.kernel)?;
+        let initrd: Option<InitrdPlacement> = config
+            .initrd
+            .as_deref()
+            .map(|path| loader::load_initrd(&mem, &kernel, path))
+            .transpose()?;
+
+        let mut io_bus = Bus::new();
+        let mut mmio_bus = Bus::new();
+        let mut events = EventManager::<Subscriber>::new().map_err(BuildError::EventManager)?;
+        let exit = Arc::new(ExitState::new().map_err(|e| BuildError::Resource("exit event", e))?);
+
+        let serial_irq = eventfd("serial interrupt")?;
+        vm.register_irqfd(&serial_irq, COM1_IRQ)?;
+        let serial = SerialConsole::new(EventFdTrigger::new(serial_irq), config.console);
+        io_bus.insert(COM1_PORT, COM1_PORT_LEN, Arc::new(Mutex::new(serial)))?;
+
+        let reset_evt = eventfd("reset event")?;
+        let i8042 = I8042::new(EventFdTrigger::new(
+            reset_evt
+                .try_clone()
+                .map_err(|e| BuildError::Resource("reset event", e))?,
+        ));
+        io_bus.insert(I8042_DATA_PORT, I8042_PORT_LEN, Arc::new(Mutex::new(i8042)))?;
+        events.add_subscriber(Arc::new(Mutex::new(Lifecycle {
+            exit: exit.clone(),
+            reset_evt,
+        })));
+
+        let mut slots = VirtioSlots::new();
+        if config.rng {
+            let rng = Arc::new(Mutex::new(
+                Rng::new().map_err(|e| BuildError::Resource("virtio-rng", e))?,
+            ));
+            attach_virtio(&vm, &mem, &mut mmio_bus, &mut events, &mut slots, rng)?;
+        }
+
+        let cmdline = [
+            DEFAULT_CMDLINE,
+            config.profile.cmdline(),
+            &slots.cmdline.join(" "),
+            config.cmdline_extra.as_deref().unwrap_or(""),
+        ]
+        .iter()
+        .filter(|part| !part.is_empty())
+        .copied()
+        .collect::<Vec<_>>()
+        .join(" ");
+        if cmdline.len() + 1 > kernel.cmdline_max {
+            return Err(BuildError::CmdlineTooLong {
+                len: cmdline.len() + 1,
+                max: kernel.cmdline_max,
+            });
+        }
+        loader::write_cmdline(&mem, CMDLINE_ADDR, &cmdline).map_err(BuildError::Cmdline)?;
+
+        let e820 = boot::e820_map(&mem);
+        let mode = match kernel.entry {
+            KernelEntry::Pvh(entry) => BootMode::Pvh {
+                entry,
+                start_info: boot::write_pvh_start_info(&mem, initrd, &e820)?,
+            },
+            KernelEntry::Linux64(entry) => {
+                boot::write_zero_page(&mem, kernel.setup_header, cmdline.len() + 1, initrd, &e820)?;
+                BootMode::Linux64 { entry }
+            }
+        };
+        mptable::write_mptable(&mem, vcpu_count)?;
+
+        let supported = vm.supported_cpuid()?;
+        let vcpus = (0..vcpu_count)
+            .map(|index| {
+                let vcpu = Vcpu::new(&vm, index)?;
+                vcpu.configure(&mem, mode, &vcpu_cpuid(&supported, index, vcpu_count))?;
+                Ok(vcpu)
+            })
+            .collect::<Result<Vec<_>, BuildError>>()?;
+
+        let summary = format!(
+            "{} kernel via {}, {} vCPU(s), {} MiB, guest profile {}",
+            match kernel.format {
+                KernelFormat::Elf => "ELF",
+                KernelFormat::BzImage => "bzImage",
+            },
+            match mode {
+                BootMode::Pvh { .. } => "PVH",
+                BootMode::Linux64 { .. } => "the 64-bit boot protocol",
+            },
+            config.vcpus,
+            config.memory_mib,
+            config.profile.name(),
+        );
+        Ok(Self {
+            _vm: vm,
+            mem,
+            vcpus,
+            io_bus: Arc::new(io_bus),
+            mmio_bus: Arc::new(mmio_bus),
+            events,
+            exit,
+            summary,
+        })
+    }
+
+    /// One line describing what was built.
+    pub fn summary(&self) -> &str {
+        &self.summary
+    }
+
+    /// Runs the VM until it ends and returns why.
+    pub fn run(mut self) -> ExitReason {
+        if let Err(e) = register_signal_handler(SIGRTMIN(), kick_handler) {
+            return ExitReason::VmmError(format!(
+                "cannot install the vCPU kick signal handler: {e}"
+            ));
+        }
+        let mut threads: Vec<JoinHandle<()>> = Vec::new();
+        for vcpu in self.vcpus.drain(..) {
+            let (io, mmio, mem, exit) = (
+                self.io_bus.clone(),
+                self.mmio_bus.clone(),
+                self.mem.clone(),
+                self.exit.clone(),
+            );
+            let spawned = std::thread::Builder::new()
+                .name(format!("capsule-vcpu{}", vcpu.index()))
+                .spawn(move || vcpu.run(&io, &mmio, &mem, &exit));
+            match spawned {
+                Ok(handle) => threads.push(handle),
+                Err(e) => {
+                    self.exit.report(ExitReason::VmmError(format!(
+                        "cannot start a vCPU thread: {e}"
+                    )));
+                    self.exit.request_stop();
+                }
+            }
+        }
+        info!("VM running: {}", self.summary);
+        while !self.exit.stop_requested() {
+            if let Err(e) = self.events.run() {
+                self.exit
+                    .report(ExitReason::VmmError(format!("event loop failed: {e}")));
+                self.exit.request_stop();
+            }
+        }
+        stop_vcpus(threads);
+        self.exit
+            .take()
+            .unwrap_or_else(|| ExitReason::VmmError("the VM stopped without a reason".into()))
+    }
+}
+
+/// Places a virtio device on the MMIO bus with its own interrupt line and queue notification
+/// eventfds, and gives it to the event loop.
+fn attach_virtio<D>(
+    vm: &Vm,
+    mem: &GuestMemoryMmap,
+    mmio_bus: &mut Bus,
+    events: &mut EventManager<Subscriber>,
+    slots: &mut VirtioSlots,
+    device: Arc<Mutex<D>>,
+) -> Result<(), BuildError>
+where
+    D: VirtioDevice + MutEventSubscriber + 'static,
+{
+    let (addr, irq_line) = slots.take()?;
+    let irq = Arc::new(IrqTrigger::new().map_err(|e| BuildError::Resource("virtio interrupt", e))?);
+    vm.register_irqfd(irq.eventfd(), irq_line)?;
+    let transport = MmioTransport::new(mem.clone(), device.clone(), irq)?;
+    for (index, evt) in transport.queue_evts().iter().enumerate() {
+        vm.register_mmio_ioevent(evt, addr + QUEUE_NOTIFY_OFFSET, index as u32)?;
+    }
+    mmio_bus.insert(addr, MMIO_WINDOW_SIZE, Arc::new(Mutex::new(transport)))?;
+    events.add_subscriber(device);
+    Ok(())
+}
+
+extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    // Only interrupts KVM_RUN (which then returns EINTR); the vCPU loop checks the stop flag.
+}
+
+/// Kicks every vCPU out of KVM_RUN until its thread has ended. Kicks repeat because a signal
+/// that lands just before a thread enters KVM_RUN is consumed without interrupting it.
+fn stop_vcpus(threads: Vec<JoinHandle<()>>) {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    for handle in threads {
+        while !handle.is_finished() {
+            if Instant::now() > deadline {
+                warn!("a vCPU thread did not stop; leaving it behind");
+                break;
+            }
+            let _ = handle.kill(SIGRTMIN());
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        if handle.is_finished() {
+            let _ = handle.join();
+        }
+    }
+}

@@ -1,0 +1,102 @@
+//! `capsule run`: boot a kernel in a microVM in the foreground.
+
+use std::fs::File;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, ValueEnum};
+use vmm::builder::{MicroVm, VmConfig};
+use vmm::devices::legacy::serial::ConsoleSink;
+use vmm::host::{GuestProfile, KvmFlavor};
+
+/// Guest kernel parameters for the kind of host (see `capsule run --help`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ProfileChoice {
+    /// nested-pvm on kvm-pvm hosts, none on hardware KVM.
+    Auto,
+    /// No host-specific parameters.
+    None,
+    /// Parameters for kvm-pvm hosts: noxsave clearcpuid=popcnt,smap,smep and the INT3
+    /// self-test skip of capsule's guest kernel.
+    NestedPvm,
+}
+
+#[derive(Args, Debug)]
+#[command(
+    after_help = "Exit status: 0 when the guest powers off or reboots (a microVM does \
+    not restart), 1 on a VMM error or bad input, 2 on a usage error, 3 when the guest \
+    triple-faults or crashes, 4 when KVM cannot run the guest (internal error)."
+)]
+pub struct RunArgs {
+    /// Guest kernel: an ELF vmlinux (booted via PVH when it has the PVH note) or a bzImage.
+    #[arg(long, value_name = "PATH")]
+    kernel: PathBuf,
+
+    /// Initial ramdisk loaded at the top of low guest memory.
+    #[arg(long, value_name = "PATH")]
+    initrd: Option<PathBuf>,
+
+    /// Extra kernel parameters, appended to capsule's defaults (console on ttyS0, reboot via
+    /// the keyboard controller, no PCI, the virtio-mmio devices).
+    #[arg(long, value_name = "STR")]
+    cmdline: Option<String>,
+
+    /// Number of vCPUs.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    cpus: u32,
+
+    /// Guest memory in MiB.
+    #[arg(long, value_name = "MiB", default_value_t = 128)]
+    memory: u64,
+
+    /// Write the guest's serial console to this file instead of standard output.
+    #[arg(long, value_name = "PATH")]
+    console: Option<PathBuf>,
+
+    /// Do not attach the virtio-rng entropy device.
+    #[arg(long)]
+    no_rng: bool,
+
+    /// Host-specific guest kernel parameters.
+    #[arg(long, value_enum, default_value_t = ProfileChoice::Auto)]
+    guest_profile: ProfileChoice,
+}
+
+pub fn run(args: RunArgs) -> ExitCode {
+    match build(args) {
+        Ok(vm) => {
+            let reason = vm.run();
+            eprintln!("capsule: {reason}");
+            ExitCode::from(reason.exit_code())
+        }
+        Err(e) => super::fail(&e),
+    }
+}
+
+fn build(args: RunArgs) -> anyhow::Result<MicroVm> {
+    let console: ConsoleSink = match &args.console {
+        Some(path) => Box::new(
+            File::create(path)
+                .with_context(|| format!("cannot create console file {}", path.display()))?,
+        ),
+        None => Box::new(std::io::stdout()),
+    };
+    let profile = match args.guest_profile {
+        ProfileChoice::Auto => GuestProfile::for_flavor(KvmFlavor::detect()),
+        ProfileChoice::None => GuestProfile::None,
+        ProfileChoice::NestedPvm => GuestProfile::NestedPvm,
+    };
+    let vm = MicroVm::build(VmConfig {
+        kernel: args.kernel,
+        initrd: args.initrd,
+        cmdline_extra: args.cmdline,
+        vcpus: args.cpus,
+        memory_mib: args.memory,
+        console,
+        rng: !args.no_rng,
+        profile,
+    })?;
+    log::info!("{}", vm.summary());
+    Ok(vm)
+}
