@@ -48,6 +48,7 @@ const GUESTS: &[(&str, &str)] = &[
     ("virtio_probe", "virtio_probe.c"),
     ("reboot", "reboot.c"),
     ("triple_fault", "triple_fault.c"),
+    ("exec_mmio", "exec_mmio.c"),
 ];
 
 fn main() {

@@ -39,9 +39,12 @@ pub enum Guest {
     Reboot,
     /// Loads an empty IDT and executes `ud2`: the CPU triple-faults.
     TripleFault,
+    /// Jumps into unbacked MMIO space: KVM stops it with an internal (emulation) error.
+    ExecMmio,
 }
 
 impl Guest {
+    /// The guests that end the same way on every VMM (ExecMmio's end is KVM-specific).
     pub const ALL: [Guest; 5] = [
         Guest::Hello,
         Guest::BootCheck,
@@ -57,6 +60,7 @@ impl Guest {
             Guest::VirtioProbe => "virtio_probe",
             Guest::Reboot => "reboot",
             Guest::TripleFault => "triple_fault",
+            Guest::ExecMmio => "exec_mmio",
         }
     }
 
@@ -69,6 +73,7 @@ impl Guest {
             Guest::VirtioProbe => env!("CAPSULE_GUEST_VIRTIO_PROBE"),
             Guest::Reboot => env!("CAPSULE_GUEST_REBOOT"),
             Guest::TripleFault => env!("CAPSULE_GUEST_TRIPLE_FAULT"),
+            Guest::ExecMmio => env!("CAPSULE_GUEST_EXEC_MMIO"),
         })
     }
 
@@ -81,6 +86,7 @@ impl Guest {
             Guest::VirtioProbe => env!("CAPSULE_GUEST_VIRTIO_PROBE_NONOTE"),
             Guest::Reboot => env!("CAPSULE_GUEST_REBOOT_NONOTE"),
             Guest::TripleFault => env!("CAPSULE_GUEST_TRIPLE_FAULT_NONOTE"),
+            Guest::ExecMmio => env!("CAPSULE_GUEST_EXEC_MMIO_NONOTE"),
         })
     }
 }

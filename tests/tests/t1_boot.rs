@@ -125,6 +125,26 @@ fn triple_fault_exits_3() -> Result<(), String> {
     Ok(())
 }
 
+fn exec_mmio_exits_4() -> Result<(), String> {
+    let dir = ScratchDir::new("t1-exec-mmio")?;
+    let (out, report) = boot(&dir, CapsuleRun::new(Guest::ExecMmio.pvh()))?;
+    out.expect_no_panic()?;
+    out.expect_code(4)?;
+    out.expect_stderr_mentions(&[
+        "internal error",
+        "emulation failure",
+        "suberror 1",
+        "RIP 0xdff00000",
+    ])?;
+    if report.info("exec-mmio").next().is_none() || !report.failed().is_empty() {
+        return Err(format!(
+            "the guest did not reach its jump into MMIO space\n{}",
+            out.describe()
+        ));
+    }
+    Ok(())
+}
+
 /// A bad input: capsule exits with one of `codes`, names the input on stderr, and does not panic.
 fn rejects(out: CapsuleOutcome, codes: &[i32], names: &[&str]) -> Result<(), String> {
     out.expect_no_panic()?;
@@ -201,6 +221,7 @@ fn main() {
         t("capsule_bootcheck_pvh", bootcheck_pvh),
         t("capsule_bootcheck_linux64_boot_protocol", bootcheck_linux64),
         t("capsule_virtio_probe_finds_rng", virtio_probe),
+        t("capsule_kvm_internal_error_exits_4", exec_mmio_exits_4),
         t("capsule_reboot_exits_0", reboot_exits_0),
         t("capsule_triple_fault_exits_3", triple_fault_exits_3),
         t("capsule_rejects_missing_kernel", missing_kernel),

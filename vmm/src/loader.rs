@@ -333,3 +333,231 @@ pub fn write_cmdline(
     mem.write_slice(cmdline.as_bytes(), GuestAddress(addr))?;
     mem.write_obj(0u8, GuestAddress(addr + cmdline.len() as u64))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::memory::create_guest_memory;
+    use std::io::Write;
+
+    struct TempFile(PathBuf);
+
+    impl TempFile {
+        fn new(name: &str, bytes: &[u8]) -> Self {
+            let path =
+                std::env::temp_dir().join(format!("capsule-loader-{}-{name}", std::process::id()));
+            std::fs::File::create(&path)
+                .and_then(|mut f| f.write_all(bytes))
+                .unwrap();
+            TempFile(path)
+        }
+    }
+
+    impl Drop for TempFile {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    const XEN_ELFNOTE_PHYS32_ENTRY: u32 = 18;
+
+    /// A minimal x86_64 ELF: one PT_LOAD of `code` at `paddr` (memsz `memsz`), and optionally
+    /// a PT_NOTE with the PVH entry.
+    fn elf(paddr: u64, code: &[u8], memsz: u64, pvh_entry: Option<u32>) -> Vec<u8> {
+        let phnum: u16 = if pvh_entry.is_some() { 2 } else { 1 };
+        let phoff = 64u64;
+        let data_off = phoff + 56 * u64::from(phnum);
+        let mut note = Vec::new();
+        if let Some(entry) = pvh_entry {
+            note.extend_from_slice(&4u32.to_le_bytes()); // name size ("Xen\0")
+            note.extend_from_slice(&4u32.to_le_bytes()); // desc size
+            note.extend_from_slice(&XEN_ELFNOTE_PHYS32_ENTRY.to_le_bytes());
+            note.extend_from_slice(b"Xen\0");
+            note.extend_from_slice(&entry.to_le_bytes());
+        }
+        let code_off = data_off + note.len() as u64;
+        let mut out = vec![0u8; 64];
+        out[0..4].copy_from_slice(b"\x7fELF");
+        out[4] = 2; // 64-bit
+        out[5] = 1; // little endian
+        out[6] = 1; // version
+        out[16..18].copy_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+        out[18..20].copy_from_slice(&62u16.to_le_bytes()); // EM_X86_64
+        out[20..24].copy_from_slice(&1u32.to_le_bytes());
+        out[24..32].copy_from_slice(&paddr.to_le_bytes()); // e_entry
+        out[32..40].copy_from_slice(&phoff.to_le_bytes());
+        out[52..54].copy_from_slice(&64u16.to_le_bytes()); // e_ehsize
+        out[54..56].copy_from_slice(&56u16.to_le_bytes()); // e_phentsize
+        out[56..58].copy_from_slice(&phnum.to_le_bytes());
+        let mut ph = |kind: u32, off: u64, addr: u64, filesz: u64, memsz: u64| {
+            let mut p = vec![0u8; 56];
+            p[0..4].copy_from_slice(&kind.to_le_bytes());
+            p[4..8].copy_from_slice(&5u32.to_le_bytes());
+            p[8..16].copy_from_slice(&off.to_le_bytes());
+            p[16..24].copy_from_slice(&addr.to_le_bytes());
+            p[24..32].copy_from_slice(&addr.to_le_bytes());
+            p[32..40].copy_from_slice(&filesz.to_le_bytes());
+            p[40..48].copy_from_slice(&memsz.to_le_bytes());
+            out.extend_from_slice(&p);
+        };
+        ph(1, code_off, paddr, code.len() as u64, memsz);
+        if pvh_entry.is_some() {
+            ph(4, data_off, 0, note.len() as u64, note.len() as u64);
+        }
+        out.extend_from_slice(&note);
+        out.extend_from_slice(code);
+        out
+    }
+
+    /// A minimal bzImage: boot sector + one setup sector with a 2.15 header, then `payload`.
+    fn bzimage(payload: &[u8], init_size: u32) -> Vec<u8> {
+        let mut out = vec![0u8; 2 * 512];
+        out[0x1f1] = 1; // setup_sects
+        out[0x1fe..0x200].copy_from_slice(&0xaa55u16.to_le_bytes());
+        out[0x202..0x206].copy_from_slice(b"HdrS");
+        out[0x206..0x208].copy_from_slice(&0x020fu16.to_le_bytes());
+        out[0x211] = 1; // LOADED_HIGH
+        out[0x214..0x218].copy_from_slice(&0x10_0000u32.to_le_bytes());
+        out[0x22c..0x230].copy_from_slice(&0x37ff_ffffu32.to_le_bytes()); // initrd_addr_max
+        out[0x238..0x23c].copy_from_slice(&2047u32.to_le_bytes()); // cmdline_size
+        out[0x260..0x264].copy_from_slice(&init_size.to_le_bytes());
+        out.extend_from_slice(payload);
+        out
+    }
+
+    #[test]
+    fn elf_with_pvh_note_enters_through_pvh() {
+        let mem = create_guest_memory(16).unwrap();
+        let f = TempFile::new(
+            "pvh.elf",
+            &elf(0x20_0000, b"\x90\x90\xf4", 0x1000, Some(0x20_0001)),
+        );
+        let k = load_kernel(&mem, &f.0).unwrap();
+        assert_eq!(k.format, KernelFormat::Elf);
+        assert_eq!(k.entry, KernelEntry::Pvh(0x20_0001));
+        assert_eq!(k.end, 0x20_1000);
+        let mut code = [0u8; 3];
+        mem.read_slice(&mut code, GuestAddress(0x20_0000)).unwrap();
+        assert_eq!(&code, b"\x90\x90\xf4");
+    }
+
+    #[test]
+    fn elf_without_note_uses_the_64bit_entry() {
+        let mem = create_guest_memory(16).unwrap();
+        let f = TempFile::new("plain.elf", &elf(0x20_0000, b"\xf4", 1, None));
+        let k = load_kernel(&mem, &f.0).unwrap();
+        assert_eq!(k.entry, KernelEntry::Linux64(0x20_0000));
+        assert!(k.setup_header.is_none());
+    }
+
+    #[test]
+    fn bzimage_enters_at_startup_64() {
+        let mem = create_guest_memory(16).unwrap();
+        let f = TempFile::new("bz", &bzimage(&[0xab; 4096], 0x10_0000));
+        let k = load_kernel(&mem, &f.0).unwrap();
+        assert_eq!(k.format, KernelFormat::BzImage);
+        assert_eq!(k.entry, KernelEntry::Linux64(0x10_0200));
+        assert_eq!(k.cmdline_max, 2048);
+        assert_eq!(k.initrd_addr_max, 0x3800_0000);
+        assert!(
+            k.end >= 0x20_0000,
+            "init_size counts toward the kernel's extent"
+        );
+        let mut byte = [0u8; 1];
+        mem.read_slice(&mut byte, GuestAddress(0x10_0000)).unwrap();
+        assert_eq!(byte[0], 0xab);
+    }
+
+    #[test]
+    fn rejects_files_that_are_not_kernels() {
+        let mem = create_guest_memory(16).unwrap();
+        let text = TempFile::new("text", b"#!/bin/sh\necho not a kernel\n");
+        assert!(matches!(
+            load_kernel(&mem, &text.0),
+            Err(LoaderError::UnknownFormat(_))
+        ));
+        let empty = TempFile::new("empty", b"");
+        assert!(matches!(
+            load_kernel(&mem, &empty.0),
+            Err(LoaderError::UnknownFormat(_))
+        ));
+        let mut bad_machine = elf(0x20_0000, b"\xf4", 1, None);
+        bad_machine[18] = 40; // EM_ARM
+        let f = TempFile::new("arm.elf", &bad_machine);
+        assert!(matches!(
+            load_kernel(&mem, &f.0),
+            Err(LoaderError::BadImage { .. })
+        ));
+        let low = TempFile::new("low.elf", &elf(0x1000, b"\xf4", 1, None));
+        assert!(matches!(
+            load_kernel(&mem, &low.0),
+            Err(LoaderError::BadImage { .. })
+        ));
+        let mut old = bzimage(&[0; 16], 0);
+        old[0x206..0x208].copy_from_slice(&0x0200u16.to_le_bytes());
+        let f = TempFile::new("old-bz", &old);
+        assert!(matches!(
+            load_kernel(&mem, &f.0),
+            Err(LoaderError::BadImage { .. })
+        ));
+        let missing = std::env::temp_dir().join("capsule-loader-does-not-exist");
+        assert!(matches!(
+            load_kernel(&mem, &missing),
+            Err(LoaderError::Open { .. })
+        ));
+    }
+
+    #[test]
+    fn truncated_program_headers_are_rejected_not_read_past() {
+        let mem = create_guest_memory(16).unwrap();
+        let mut image = elf(0x20_0000, b"\xf4", 1, None);
+        image[56..58].copy_from_slice(&60u16.to_le_bytes()); // 60 headers promised
+        let f = TempFile::new("trunc.elf", &image[..100]);
+        assert!(matches!(
+            load_kernel(&mem, &f.0),
+            Err(LoaderError::BadImage { .. })
+        ));
+    }
+
+    #[test]
+    fn kernel_larger_than_memory_is_named() {
+        let mem = create_guest_memory(4).unwrap();
+        let f = TempFile::new("big.elf", &elf(0x20_0000, b"\xf4", 8 << 20, None));
+        let err = load_kernel(&mem, &f.0).unwrap_err();
+        assert!(
+            matches!(err, LoaderError::KernelTooLarge { mem_mib: 4, .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("big.elf"));
+    }
+
+    #[test]
+    fn initrd_goes_to_the_top_of_low_memory_above_the_kernel() {
+        let mem = create_guest_memory(16).unwrap();
+        let k = TempFile::new("k.elf", &elf(0x20_0000, b"\xf4", 0x1000, None));
+        let kernel = load_kernel(&mem, &k.0).unwrap();
+        let initrd = TempFile::new("initrd", &[7u8; 5000]);
+        let placed = load_initrd(&mem, &kernel, &initrd.0).unwrap();
+        assert_eq!(placed.size, 5000);
+        assert_eq!(placed.addr % 4096, 0);
+        assert!(placed.addr + placed.size <= 16 << 20);
+        assert!(placed.addr >= kernel.end);
+        let mut last = [0u8; 1];
+        mem.read_slice(&mut last, GuestAddress(placed.addr + 4999))
+            .unwrap();
+        assert_eq!(last[0], 7);
+
+        let huge = TempFile::new("huge", &vec![0u8; 15 << 20]);
+        let err = load_initrd(&mem, &kernel, &huge.0).unwrap_err();
+        assert!(matches!(err, LoaderError::InitrdTooLarge { .. }), "{err}");
+    }
+
+    #[test]
+    fn cmdline_is_nul_terminated() {
+        let mem = create_guest_memory(1).unwrap();
+        write_cmdline(&mem, 0x2_0000, "console=ttyS0").unwrap();
+        let mut buf = [0xffu8; 14];
+        mem.read_slice(&mut buf, GuestAddress(0x2_0000)).unwrap();
+        assert_eq!(&buf, b"console=ttyS0\0");
+    }
+}
