@@ -1,0 +1,423 @@
+//! One stream connection between a guest port and a host Unix socket: the state machine of
+//! virtio 1.2 section 5.10.6.6 and credit-based flow control in both directions.
+//!
+//! Guest → host data is written straight from guest memory to the host socket; what the socket
+//! does not take is kept in a buffer that the credit we advertise bounds (`buf_alloc`). Host →
+//! guest data is read straight from the host socket into the guest's rx buffer, never more than
+//! the guest's credit allows, so nothing is buffered in that direction.
+
+use std::collections::VecDeque;
+use std::io::ErrorKind;
+use std::net::Shutdown;
+use std::num::Wrapping;
+use std::os::unix::net::UnixStream;
+
+use vm_memory::bitmap::BitmapSlice;
+use vm_memory::{ReadVolatile, VolatileSlice};
+
+use crate::host::{send_bytes, send_volatile};
+use crate::proto::{op, shutdown, MAX_PKT_DATA};
+
+/// Bytes of guest → host data a connection may hold, and the `buf_alloc` it advertises.
+pub const CONN_TX_BUF_SIZE: u32 = 64 * 1024;
+
+/// Why a connection is reset; each reason has a counter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ConnError {
+    /// The guest sent more data than the credit it was given.
+    #[error("guest wrote beyond its credit")]
+    CreditOverrun,
+    /// The packet's op is not valid in the connection's state.
+    #[error("packet not valid in the connection state")]
+    BadState,
+    /// The op field holds no known operation.
+    #[error("unknown op")]
+    UnknownOp,
+    /// The host socket failed.
+    #[error("host socket error")]
+    HostIo,
+}
+
+/// What the connection's owner must do after an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// The connection goes on.
+    Keep,
+    /// Remove the connection and send RST to the guest, counting the reason.
+    Reset(ConnError),
+    /// Both directions are finished: remove the connection and send RST (a normal close).
+    Finish,
+    /// The guest ended the connection: remove it without telling the guest.
+    Drop,
+}
+
+/// Connection states.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// The host connected (`CONNECT <port>`); REQUEST to the guest is pending or sent.
+    LocalInit,
+    /// Data may flow.
+    Established,
+}
+
+/// What [`Conn::next_rx`] put into a guest rx buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RxOut {
+    /// A packet with this op, flags and payload length.
+    Packet { op: u16, flags: u32, len: u32 },
+    /// Nothing to send after all (the host socket had no data).
+    Nothing,
+    /// As [`Verdict`]: the connection ends and the guest gets RST.
+    End(Verdict),
+}
+
+const PENDING_REQUEST: u8 = 1;
+const PENDING_RESPONSE: u8 = 2;
+const PENDING_SHUTDOWN: u8 = 4;
+const PENDING_CREDIT_UPDATE: u8 = 8;
+const PENDING_CREDIT_REQUEST: u8 = 16;
+
+/// One connection.
+#[derive(Debug)]
+pub struct Conn {
+    pub stream: UnixStream,
+    /// Our port (host side): the forwarded port for guest-initiated connections, an ephemeral
+    /// port from [2^30, 2^31) for host-initiated ones.
+    pub local_port: u32,
+    /// The guest's port.
+    pub peer_port: u32,
+    pub state: State,
+    /// Guest → host bytes the host socket has not taken yet.
+    tx_buf: VecDeque<u8>,
+    /// Guest → host bytes delivered to the host socket.
+    fwd_cnt: Wrapping<u32>,
+    /// The `fwd_cnt` last told to the guest.
+    last_fwd_cnt_sent: Wrapping<u32>,
+    /// Host → guest bytes put into rx buffers.
+    rx_cnt: Wrapping<u32>,
+    peer_buf_alloc: u32,
+    peer_fwd_cnt: Wrapping<u32>,
+    host_readable: bool,
+    host_writable: bool,
+    /// The host closed its sending side (SHUTDOWN(SEND) goes to the guest).
+    host_eof: bool,
+    /// SHUTDOWN flags received from the guest.
+    guest_shut: u32,
+    pending: u8,
+    credit_requested: bool,
+    /// Set while the connection waits in the owner's rx work queue.
+    pub in_rxq: bool,
+}
+
+impl Conn {
+    /// A host-initiated connection: REQUEST to the guest's `peer_port` is pending.
+    pub fn new_local(stream: UnixStream, local_port: u32, peer_port: u32) -> Self {
+        let mut c = Self::new(stream, local_port, peer_port, State::LocalInit);
+        c.pending = PENDING_REQUEST;
+        c
+    }
+
+    /// A guest-initiated connection whose host side connected: RESPONSE is pending.
+    pub fn new_peer(
+        stream: UnixStream,
+        local_port: u32,
+        peer_port: u32,
+        peer_buf_alloc: u32,
+        peer_fwd_cnt: u32,
+    ) -> Self {
+        let mut c = Self::new(stream, local_port, peer_port, State::Established);
+        c.pending = PENDING_RESPONSE;
+        c.update_peer_credit(peer_buf_alloc, peer_fwd_cnt);
+        c
+    }
+
+    fn new(stream: UnixStream, local_port: u32, peer_port: u32, state: State) -> Self {
+        Self {
+            stream,
+            local_port,
+            peer_port,
+            state,
+            tx_buf: VecDeque::new(),
+            fwd_cnt: Wrapping(0),
+            last_fwd_cnt_sent: Wrapping(0),
+            rx_cnt: Wrapping(0),
+            peer_buf_alloc: 0,
+            peer_fwd_cnt: Wrapping(0),
+            host_readable: false,
+            host_writable: true,
+            host_eof: false,
+            guest_shut: 0,
+            pending: 0,
+            credit_requested: false,
+            in_rxq: false,
+        }
+    }
+
+    /// The `buf_alloc` and `fwd_cnt` to put into every packet sent to the guest.
+    pub fn credit_fields(&self) -> (u32, u32) {
+        (CONN_TX_BUF_SIZE, self.fwd_cnt.0)
+    }
+
+    /// Bytes waiting for the host socket.
+    pub fn buffered(&self) -> usize {
+        self.tx_buf.len()
+    }
+
+    /// The guest shut down both directions and the connection only waits for buffered data to
+    /// reach the host.
+    pub fn closing(&self) -> bool {
+        self.guest_shut == shutdown::BOTH
+    }
+
+    /// Bytes the guest can still receive.
+    fn peer_credit(&self) -> u32 {
+        let in_flight = (self.rx_cnt - self.peer_fwd_cnt).0;
+        self.peer_buf_alloc.saturating_sub(in_flight)
+    }
+
+    /// Records the credit fields of a packet from the guest.
+    pub fn update_peer_credit(&mut self, buf_alloc: u32, fwd_cnt: u32) {
+        self.peer_buf_alloc = buf_alloc;
+        self.peer_fwd_cnt = Wrapping(fwd_cnt);
+        if self.peer_credit() > 0 {
+            self.credit_requested = false;
+        }
+    }
+
+    /// Whether [`Conn::next_rx`] would produce a packet (or may: a readable socket can turn out
+    /// empty).
+    pub fn has_rx_work(&self) -> bool {
+        if self.pending != 0 {
+            return true;
+        }
+        self.wants_to_read() && (self.peer_credit() > 0 || !self.credit_requested)
+    }
+
+    fn wants_to_read(&self) -> bool {
+        self.state == State::Established
+            && self.host_readable
+            && !self.host_eof
+            && self.guest_shut & shutdown::RCV == 0
+    }
+
+    /// The host socket became readable.
+    pub fn on_host_readable(&mut self) {
+        self.host_readable = true;
+    }
+
+    /// The host socket became writable: deliver buffered guest data.
+    pub fn on_host_writable(&mut self) -> Verdict {
+        self.host_writable = true;
+        self.flush()
+    }
+
+    /// Writes buffered data to the host socket until it is empty or the socket is full.
+    fn flush(&mut self) -> Verdict {
+        while self.host_writable && !self.tx_buf.is_empty() {
+            let (front, _) = self.tx_buf.as_slices();
+            match send_bytes(&self.stream, front) {
+                Ok(n) => {
+                    self.tx_buf.drain(..n);
+                    self.fwd_cnt += n as u32;
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => self.host_writable = false,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(_) => return Verdict::Reset(ConnError::HostIo),
+            }
+        }
+        self.after_delivery()
+    }
+
+    /// Bookkeeping after guest data reached the host socket: credit updates, and the end of
+    /// the connection once the guest has shut down and everything is delivered.
+    fn after_delivery(&mut self) -> Verdict {
+        if !self.tx_buf.is_empty() {
+            self.maybe_credit_update();
+            return Verdict::Keep;
+        }
+        if self.guest_shut & shutdown::SEND != 0 {
+            if self.closing() || self.host_eof {
+                return Verdict::Finish;
+            }
+            let _ = self.stream.shutdown(Shutdown::Write);
+        }
+        self.maybe_credit_update();
+        Verdict::Keep
+    }
+
+    fn maybe_credit_update(&mut self) {
+        if (self.fwd_cnt - self.last_fwd_cnt_sent).0 >= CONN_TX_BUF_SIZE / 2 {
+            self.pending |= PENDING_CREDIT_UPDATE;
+        }
+    }
+
+    /// Handles a packet from the guest addressed to this connection. `data` is the payload of
+    /// an RW packet (exactly `len` bytes, already bounds-checked by the parser).
+    pub fn on_guest_packet<B: BitmapSlice>(
+        &mut self,
+        op: u16,
+        flags: u32,
+        buf_alloc: u32,
+        fwd_cnt: u32,
+        data: Option<&VolatileSlice<'_, B>>,
+    ) -> Verdict {
+        self.update_peer_credit(buf_alloc, fwd_cnt);
+        match op {
+            op::RESPONSE if self.state == State::LocalInit => {
+                self.state = State::Established;
+                let line = format!("OK {}\n", self.local_port);
+                match send_bytes(&self.stream, line.as_bytes()) {
+                    Ok(n) if n == line.len() => Verdict::Keep,
+                    _ => Verdict::Reset(ConnError::HostIo),
+                }
+            }
+            op::RST => Verdict::Drop,
+            op::RW if self.state == State::Established && self.guest_shut & shutdown::SEND == 0 => {
+                match data {
+                    Some(data) => self.guest_data(data),
+                    None => Verdict::Keep,
+                }
+            }
+            op::SHUTDOWN if self.state == State::Established => {
+                let new = flags & shutdown::BOTH & !self.guest_shut;
+                self.guest_shut |= flags & shutdown::BOTH;
+                if new & shutdown::RCV != 0 {
+                    // Nothing more goes to the guest: the host's writes now fail with EPIPE.
+                    let _ = self.stream.shutdown(Shutdown::Read);
+                    self.host_readable = false;
+                }
+                self.after_delivery()
+            }
+            op::CREDIT_UPDATE => Verdict::Keep,
+            op::CREDIT_REQUEST => {
+                self.pending |= PENDING_CREDIT_UPDATE;
+                Verdict::Keep
+            }
+            op::REQUEST | op::RESPONSE | op::RW | op::SHUTDOWN => {
+                Verdict::Reset(ConnError::BadState)
+            }
+            _ => Verdict::Reset(ConnError::UnknownOp),
+        }
+    }
+
+    fn guest_data<B: BitmapSlice>(&mut self, data: &VolatileSlice<'_, B>) -> Verdict {
+        let len = data.len();
+        if self.tx_buf.len() + len > CONN_TX_BUF_SIZE as usize {
+            return Verdict::Reset(ConnError::CreditOverrun);
+        }
+        let mut sent = 0;
+        if self.tx_buf.is_empty() {
+            while self.host_writable && sent < len {
+                let rest = match data.offset(sent) {
+                    Ok(rest) => rest,
+                    Err(_) => break,
+                };
+                match send_volatile(&self.stream, &rest) {
+                    Ok(n) => {
+                        sent += n;
+                        self.fwd_cnt += n as u32;
+                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => self.host_writable = false,
+                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                    Err(_) => return Verdict::Reset(ConnError::HostIo),
+                }
+            }
+        }
+        if sent < len {
+            let mut rest = vec![0u8; len - sent];
+            if let Ok(slice) = data.offset(sent) {
+                slice.copy_to(&mut rest[..]);
+            }
+            self.tx_buf.extend(rest);
+        }
+        self.after_delivery()
+    }
+
+    /// Produces the next packet for the guest into an rx buffer whose payload area is `data`.
+    pub fn next_rx<B: BitmapSlice>(&mut self, data: Option<&VolatileSlice<'_, B>>) -> RxOut {
+        let packet = |op, flags, len| RxOut::Packet { op, flags, len };
+        let out = if self.take(PENDING_REQUEST) {
+            packet(op::REQUEST, 0, 0)
+        } else if self.take(PENDING_RESPONSE) {
+            packet(op::RESPONSE, 0, 0)
+        } else if let Some(out) = self.read_host(data) {
+            out
+        } else if self.take(PENDING_SHUTDOWN) {
+            packet(op::SHUTDOWN, shutdown::SEND, 0)
+        } else if self.take(PENDING_CREDIT_REQUEST) {
+            packet(op::CREDIT_REQUEST, 0, 0)
+        } else if self.take(PENDING_CREDIT_UPDATE) {
+            packet(op::CREDIT_UPDATE, 0, 0)
+        } else {
+            RxOut::Nothing
+        };
+        if let RxOut::Packet { len, .. } = out {
+            // Every packet tells the guest our fwd_cnt: no separate update needed.
+            self.pending &= !PENDING_CREDIT_UPDATE;
+            self.last_fwd_cnt_sent = self.fwd_cnt;
+            self.rx_cnt += len;
+        }
+        out
+    }
+
+    fn take(&mut self, bit: u8) -> bool {
+        let set = self.pending & bit != 0;
+        self.pending &= !bit;
+        set
+    }
+
+    /// Reads host data into `data` when the guest has credit; `None` when there is nothing to
+    /// read now.
+    fn read_host<B: BitmapSlice>(&mut self, data: Option<&VolatileSlice<'_, B>>) -> Option<RxOut> {
+        if !self.wants_to_read() {
+            return None;
+        }
+        let credit = self.peer_credit();
+        if credit == 0 {
+            if !self.credit_requested {
+                self.credit_requested = true;
+                self.pending |= PENDING_CREDIT_REQUEST;
+            }
+            return None;
+        }
+        let data = data?;
+        let want = (data.len() as u32).min(credit).min(MAX_PKT_DATA) as usize;
+        let mut dst = data.subslice(0, want).ok()?;
+        loop {
+            match (&self.stream).read_volatile(&mut dst) {
+                Ok(0) => {
+                    self.host_eof = true;
+                    self.host_readable = false;
+                    if self.guest_shut & shutdown::SEND != 0 && self.tx_buf.is_empty() {
+                        return Some(RxOut::End(Verdict::Finish));
+                    }
+                    self.pending |= PENDING_SHUTDOWN;
+                    return None;
+                }
+                Ok(n) => {
+                    return Some(RxOut::Packet {
+                        op: op::RW,
+                        flags: 0,
+                        len: n as u32,
+                    })
+                }
+                Err(vm_memory::VolatileMemoryError::IOError(e)) => match e.kind() {
+                    ErrorKind::WouldBlock => {
+                        self.host_readable = false;
+                        return None;
+                    }
+                    ErrorKind::Interrupted => continue,
+                    _ => return Some(RxOut::End(Verdict::Reset(ConnError::HostIo))),
+                },
+                Err(_) => return Some(RxOut::End(Verdict::Reset(ConnError::HostIo))),
+            }
+        }
+    }
+
+    /// The host socket reported an error or hang-up on both sides.
+    pub fn on_host_error(&mut self) -> Verdict {
+        // Whatever can still be read is read (EOF then tells the guest); a write error resets.
+        self.host_readable = true;
+        self.flush()
+    }
+}

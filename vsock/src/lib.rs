@@ -1,0 +1,19 @@
+//! capsule's virtio-vsock device core.
+//!
+//! The same code serves the in-VMM virtio-mmio device (`vmm::devices::virtio::vsock`) and the
+//! vhost-user-vsock backend ([`vhost_user`]): [`muxer::VsockCore`] takes packets from the tx
+//! queue, keeps one [`conn::Conn`] per stream connection with credit-based flow control, and
+//! serves the host side through a Firecracker-compatible hybrid Unix socket ([`host`]).
+//! Everything the guest writes is treated as hostile: bad packets are dropped or their
+//! connection reset, and every such event is counted in [`muxer::Counters`].
+
+pub mod conn;
+pub mod host;
+pub mod muxer;
+pub mod proto;
+
+pub use muxer::{Counters, VsockConfig, VsockCore, DEFAULT_MAX_CONNECTIONS};
+#[cfg(any(test, feature = "test-utils"))]
+pub mod mock;
+#[cfg(test)]
+mod tests;
