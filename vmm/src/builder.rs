@@ -26,6 +26,7 @@ use crate::devices::virtio::mmio::{
     MmioError, MmioTransport, MMIO_WINDOW_SIZE, QUEUE_NOTIFY_OFFSET,
 };
 use crate::devices::virtio::rng::Rng;
+use crate::devices::virtio::vsock::Vsock;
 use crate::devices::virtio::{IrqTrigger, VirtioDevice};
 use crate::exit::ExitReason;
 use crate::host::GuestProfile;
@@ -50,6 +51,8 @@ pub struct VmConfig {
     pub console: ConsoleSink,
     /// Attach a virtio-rng device.
     pub rng: bool,
+    /// Attach a virtio-vsock device with this guest CID and hybrid Unix socket.
+    pub vsock: Option<vsock::VsockConfig>,
     pub profile: GuestProfile,
 }
 
@@ -90,6 +93,8 @@ pub enum BuildError {
     Resource(&'static str, #[source] std::io::Error),
     #[error("cannot set up the event loop")]
     EventManager(#[source] event_manager::Error),
+    #[error("cannot create the vsock device")]
+    Vsock(#[source] vsock::muxer::MuxerError),
 }
 
 type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
@@ -240,6 +245,10 @@ impl MicroVm {
                 Rng::new().map_err(|e| BuildError::Resource("virtio-rng", e))?,
             ));
             attach_virtio(&vm, &mem, &mut mmio_bus, &mut events, &mut slots, rng)?;
+        }
+        if let Some(cfg) = config.vsock {
+            let vsock = Arc::new(Mutex::new(Vsock::new(cfg).map_err(BuildError::Vsock)?));
+            attach_virtio(&vm, &mem, &mut mmio_bus, &mut events, &mut slots, vsock)?;
         }
 
         let cmdline = [

@@ -61,6 +61,16 @@ pub struct RunArgs {
     /// Host-specific guest kernel parameters.
     #[arg(long, value_enum, default_value_t = ProfileChoice::Auto)]
     guest_profile: ProfileChoice,
+
+    /// Attach a virtio-vsock device whose host side is this Unix socket (Firecracker's hybrid
+    /// vsock: connect, send `CONNECT <port>`; guest connections to port P go to `PATH_P`).
+    #[arg(long, value_name = "PATH")]
+    vsock_uds: Option<PathBuf>,
+
+    /// The guest's vsock context id (at least 3).
+    #[arg(long, value_name = "N", default_value_t = 3,
+          value_parser = clap::value_parser!(u64).range(3..=u64::from(u32::MAX)))]
+    vsock_cid: u64,
 }
 
 pub fn run(args: RunArgs) -> ExitCode {
@@ -95,6 +105,9 @@ fn build(args: RunArgs) -> anyhow::Result<MicroVm> {
         memory_mib: args.memory,
         console,
         rng: !args.no_rng,
+        vsock: args
+            .vsock_uds
+            .map(|path| vsock::VsockConfig::new(args.vsock_cid, path)),
         profile,
     })?;
     log::info!("{}", vm.summary());
