@@ -25,6 +25,8 @@ struct Cli {
 enum Command {
     /// Boot a kernel in a microVM and run it until the guest ends.
     Run(cli::run::RunArgs),
+    /// Serve the vsock device to QEMU as a vhost-user-vsock backend.
+    VsockBackend(cli::vsock_backend::VsockBackendArgs),
 }
 
 fn main() -> ExitCode {
@@ -32,5 +34,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Run(args) => cli::run::run(args),
+        Command::VsockBackend(args) => {
+            cli::vsock_backend::run(args).unwrap_or_else(|e| cli::fail(&e))
+        }
     }
 }

@@ -11,8 +11,24 @@ pub mod conn;
 pub mod host;
 pub mod muxer;
 pub mod proto;
+pub mod vhost_user;
 
 pub use muxer::{Counters, VsockConfig, VsockCore, DEFAULT_MAX_CONNECTIONS};
+
+/// Copies the part of a configuration space `config` at `offset` into `data`, zero-filling the
+/// rest; any offset and length from the guest or front-end is safe.
+pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
+    data.fill(0);
+    let Ok(start) = usize::try_from(offset) else {
+        return;
+    };
+    if let Some(src) = config.get(start..) {
+        let n = src.len().min(data.len());
+        data[..n].copy_from_slice(&src[..n]);
+    }
+}
+#[cfg(any(test, feature = "test-utils"))]
+pub mod fuzzing;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod mock;
 #[cfg(test)]

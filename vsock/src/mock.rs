@@ -41,6 +41,8 @@ pub struct DriverQueue {
     avail_idx: u16,
     used_seen: u16,
     chains: HashMap<u16, Vec<u16>>,
+    /// Buffer address of each in-flight chain's head descriptor.
+    heads: HashMap<u16, u64>,
 }
 
 impl DriverQueue {
@@ -57,6 +59,7 @@ impl DriverQueue {
             avail_idx: 0,
             used_seen: 0,
             chains: HashMap::new(),
+            heads: HashMap::new(),
         }
     }
 
@@ -109,6 +112,8 @@ fn publish(
 pub struct Used {
     pub head: u16,
     pub len: u32,
+    /// Buffer address of the chain's head descriptor.
+    pub addr: u64,
 }
 
 /// The mock guest: memory, the three queues (driver and device views).
@@ -235,6 +240,7 @@ impl MockDriver {
             let d = Descriptor::new(addr, len, flags, next);
             store_desc(&mem, dq, idx[k], d)?;
         }
+        dq.heads.insert(idx[0], descs[0].0);
         publish(&mem, dq, idx)
     }
 
@@ -250,6 +256,7 @@ impl MockDriver {
         for (k, d) in descs.iter().enumerate() {
             store_desc(&mem, dq, idx[k], *d)?;
         }
+        dq.heads.insert(idx[0], descs[0].addr().0);
         publish(&mem, dq, idx)
     }
 
@@ -271,10 +278,6 @@ impl MockDriver {
         let dq = self.dq(q);
         let used_idx = u16::from_le(mem.read_obj(GuestAddress(dq.used_addr + 2)).unwrap_or(0));
         let mut out = Vec::new();
-        eprintln!(
-            "TU {:?} used_idx {used_idx} seen {} addrs {:x} {:x} {:x}",
-            q, dq.used_seen, dq.desc_addr, dq.avail_addr, dq.used_addr
-        );
         while dq.used_seen != used_idx {
             let slot = u64::from(dq.used_seen % dq.size);
             let elem = GuestAddress(dq.used_addr + 4 + 8 * slot);
@@ -288,9 +291,11 @@ impl MockDriver {
             if let Some(idx) = dq.chains.remove(&head) {
                 dq.free.extend(idx);
             }
+            let addr = dq.heads.remove(&head).unwrap_or(0);
             out.push(Used {
                 head,
                 len: u32::from_le(len),
+                addr,
             });
             dq.used_seen = dq.used_seen.wrapping_add(1);
         }
@@ -349,7 +354,7 @@ impl MockDriver {
         let used = self.take_used(Q::Rx);
         let mut out = Vec::with_capacity(used.len());
         for u in used {
-            let addr = self.rx.buf_addr(u.head);
+            let addr = u.addr;
             let mut hb = [0u8; HDR_LEN];
             if (u.len as usize) < HDR_LEN
                 || self.mem.read_slice(&mut hb, GuestAddress(addr)).is_err()

@@ -114,11 +114,6 @@ impl Harness {
             let rx = self.core.process_rx(&self.drv.mem, &mut self.drv.rxq);
             self.drv.take_used(Q::Tx);
             let got = self.drv.take_rx();
-            eprintln!(
-                "DBG {events} {tx} {rx} {:?} {:?}",
-                got,
-                self.core.counters()
-            );
             let n = got.len();
             out.extend(got);
             self.drv.post_rx(n);
@@ -1082,4 +1077,19 @@ fn rx_with_two_descriptor_buffers() {
     let used = h.drv.take_used(Q::Rx);
     assert_eq!(used[0].len, HDR_LEN as u32);
     let _ = VRING_DESC_F_WRITE;
+}
+
+/// The fuzz target's driver over a few thousand seeded random inputs (the property test of the
+/// packet and descriptor-chain path that runs in the normal suite).
+#[test]
+fn property_random_inputs_keep_invariants() {
+    let mut rng = Rng::new(0x5eed_cafe);
+    for case in 0..2000 {
+        let len = (rng.next_u64() % 600) as usize;
+        let input = rng.bytes(len);
+        let result = std::panic::catch_unwind(|| crate::fuzzing::run(&input));
+        if result.is_err() {
+            panic!("case {case} failed; input: {input:02x?}");
+        }
+    }
 }

@@ -1,6 +1,7 @@
 //! One module per `capsule` subcommand.
 
 pub mod run;
+pub mod vsock_backend;
 
 use std::process::ExitCode;
 
