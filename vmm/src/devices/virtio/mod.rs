@@ -5,6 +5,7 @@
 //! transport runs on vCPU threads; when the driver sets DRIVER_OK it hands the device its
 //! queues, one notification [`EventFd`] per queue and the [`IrqTrigger`].
 
+pub mod block;
 pub mod mmio;
 pub mod rng;
 pub mod vsock;
