@@ -49,6 +49,7 @@ const GUESTS: &[(&str, &str)] = &[
     ("reboot", "reboot.c"),
     ("triple_fault", "triple_fault.c"),
     ("exec_mmio", "exec_mmio.c"),
+    ("idle", "idle.c"),
 ];
 
 fn main() {

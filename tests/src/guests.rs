@@ -41,10 +41,13 @@ pub enum Guest {
     TripleFault,
     /// Jumps into unbacked MMIO space: KVM stops it with an internal (emulation) error.
     ExecMmio,
+    /// Prints `capsule-guest: idle halting`, then halts forever (for the boot benchmark).
+    Idle,
 }
 
 impl Guest {
-    /// The guests that end the same way on every VMM (ExecMmio's end is KVM-specific).
+    /// The guests that end the same way on every VMM (ExecMmio's end is KVM-specific; Idle never
+    /// ends by itself).
     pub const ALL: [Guest; 5] = [
         Guest::Hello,
         Guest::BootCheck,
@@ -61,6 +64,7 @@ impl Guest {
             Guest::Reboot => "reboot",
             Guest::TripleFault => "triple_fault",
             Guest::ExecMmio => "exec_mmio",
+            Guest::Idle => "idle",
         }
     }
 
@@ -74,6 +78,7 @@ impl Guest {
             Guest::Reboot => env!("CAPSULE_GUEST_REBOOT"),
             Guest::TripleFault => env!("CAPSULE_GUEST_TRIPLE_FAULT"),
             Guest::ExecMmio => env!("CAPSULE_GUEST_EXEC_MMIO"),
+            Guest::Idle => env!("CAPSULE_GUEST_IDLE"),
         })
     }
 
@@ -87,6 +92,7 @@ impl Guest {
             Guest::Reboot => env!("CAPSULE_GUEST_REBOOT_NONOTE"),
             Guest::TripleFault => env!("CAPSULE_GUEST_TRIPLE_FAULT_NONOTE"),
             Guest::ExecMmio => env!("CAPSULE_GUEST_EXEC_MMIO_NONOTE"),
+            Guest::Idle => env!("CAPSULE_GUEST_IDLE_NONOTE"),
         })
     }
 }

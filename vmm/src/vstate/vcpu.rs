@@ -9,7 +9,7 @@ use kvm_bindings::{
     KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
 };
 use kvm_ioctls::{VcpuExit, VcpuFd};
-use log::{debug, warn};
+use log::{debug, info, warn};
 use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -189,6 +189,14 @@ impl Vcpu {
 
     /// Runs the vCPU until the VM ends or a stop is requested; reports why it ended.
     pub fn run(mut self, io_bus: &Bus, mmio_bus: &Bus, mem: &GuestMemoryMmap, exit: &ExitState) {
+        if self.index == 0 {
+            if let Some(cpu) = process_cpu_time() {
+                info!(
+                    "vCPU 0 enters the guest after {:.3} ms of VMM CPU time",
+                    cpu.as_secs_f64() * 1e3
+                );
+            }
+        }
         while !exit.stop_requested() {
             let reason = match self.fd.run() {
                 Ok(VcpuExit::IoIn(port, data)) => {
@@ -289,4 +297,15 @@ impl Vcpu {
             insn,
         }
     }
+}
+
+/// CPU time the whole VMM process has used so far (all threads, user and system).
+pub fn process_cpu_time() -> Option<std::time::Duration> {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec for the duration of the call.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    (rc == 0).then(|| std::time::Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32))
 }
