@@ -6,7 +6,6 @@
 //! guest data is read straight from the host socket into the guest's rx buffer, never more than
 //! the guest's credit allows, so nothing is buffered in that direction.
 
-use std::collections::VecDeque;
 use std::io::ErrorKind;
 use std::net::Shutdown;
 use std::num::Wrapping;
@@ -87,8 +86,9 @@ pub struct Conn {
     /// The guest's port.
     pub peer_port: u32,
     pub state: State,
-    /// Guest → host bytes the host socket has not taken yet.
-    tx_buf: VecDeque<u8>,
+    /// Guest → host bytes the host socket has not taken yet: `tx_buf[tx_off..]`.
+    tx_buf: Vec<u8>,
+    tx_off: usize,
     /// Guest → host bytes delivered to the host socket.
     fwd_cnt: Wrapping<u32>,
     /// The `fwd_cnt` last told to the guest.
@@ -137,7 +137,8 @@ impl Conn {
             local_port,
             peer_port,
             state,
-            tx_buf: VecDeque::new(),
+            tx_buf: Vec::new(),
+            tx_off: 0,
             fwd_cnt: Wrapping(0),
             last_fwd_cnt_sent: Wrapping(0),
             rx_cnt: Wrapping(0),
@@ -160,7 +161,7 @@ impl Conn {
 
     /// Bytes waiting for the host socket.
     pub fn buffered(&self) -> usize {
-        self.tx_buf.len()
+        self.tx_buf.len() - self.tx_off
     }
 
     /// The guest shut down both directions and the connection only waits for buffered data to
@@ -213,11 +214,14 @@ impl Conn {
 
     /// Writes buffered data to the host socket until it is empty or the socket is full.
     fn flush(&mut self) -> Verdict {
-        while self.host_writable && !self.tx_buf.is_empty() {
-            let (front, _) = self.tx_buf.as_slices();
-            match send_bytes(&self.stream, front) {
+        while self.host_writable && self.buffered() > 0 {
+            match send_bytes(&self.stream, &self.tx_buf[self.tx_off..]) {
                 Ok(n) => {
-                    self.tx_buf.drain(..n);
+                    self.tx_off += n;
+                    if self.tx_off == self.tx_buf.len() {
+                        self.tx_buf.clear();
+                        self.tx_off = 0;
+                    }
                     self.fwd_cnt += n as u32;
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => self.host_writable = false,
@@ -231,7 +235,7 @@ impl Conn {
     /// Bookkeeping after guest data reached the host socket: credit updates, and the end of
     /// the connection once the guest has shut down and everything is delivered.
     fn after_delivery(&mut self) -> Verdict {
-        if !self.tx_buf.is_empty() {
+        if self.buffered() > 0 {
             self.maybe_credit_update();
             return Verdict::Keep;
         }
@@ -302,11 +306,11 @@ impl Conn {
 
     fn guest_data<B: BitmapSlice>(&mut self, data: &VolatileSlice<'_, B>) -> Verdict {
         let len = data.len();
-        if self.tx_buf.len() + len > CONN_TX_BUF_SIZE as usize {
+        if self.buffered() + len > CONN_TX_BUF_SIZE as usize {
             return Verdict::Reset(ConnError::CreditOverrun);
         }
         let mut sent = 0;
-        if self.tx_buf.is_empty() {
+        if self.buffered() == 0 {
             while self.host_writable && sent < len {
                 let rest = match data.offset(sent) {
                     Ok(rest) => rest,
@@ -324,11 +328,15 @@ impl Conn {
             }
         }
         if sent < len {
-            let mut rest = vec![0u8; len - sent];
-            if let Ok(slice) = data.offset(sent) {
-                slice.copy_to(&mut rest[..]);
+            if self.tx_off > 0 {
+                self.tx_buf.drain(..self.tx_off);
+                self.tx_off = 0;
             }
-            self.tx_buf.extend(rest);
+            let old = self.tx_buf.len();
+            self.tx_buf.resize(old + len - sent, 0);
+            if let Ok(slice) = data.offset(sent) {
+                slice.copy_to(&mut self.tx_buf[old..]);
+            }
         }
         self.after_delivery()
     }
@@ -388,7 +396,7 @@ impl Conn {
                 Ok(0) => {
                     self.host_eof = true;
                     self.host_readable = false;
-                    if self.guest_shut & shutdown::SEND != 0 && self.tx_buf.is_empty() {
+                    if self.guest_shut & shutdown::SEND != 0 && self.buffered() == 0 {
                         return Some(RxOut::End(Verdict::Finish));
                     }
                     self.pending |= PENDING_SHUTDOWN;

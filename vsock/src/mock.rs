@@ -144,10 +144,10 @@ impl MockDriver {
             .map_err(|e| MockDriverError::Memory(e.to_string()))?;
         let tx_buf = 64 * 1024 + HDR_LEN as u32;
         let rx = DriverQueue::new(0x1_0000, size, 0x10_0000, rx_buf);
-        let tx = DriverQueue::new(0x4_0000, size, 0x100_0000, tx_buf);
+        let tx = DriverQueue::new(0x4_0000, size, 0x200_0000, tx_buf);
         let ev = DriverQueue::new(0x7_0000, size, 0x8_0000, 8);
-        let size_end = 0x100_0000 + u64::from(size) * u64::from(tx_buf);
-        if size_end > MEM_SIZE as u64 || u64::from(size) * u64::from(rx_buf) > 0xf0_0000 {
+        let size_end = 0x200_0000 + u64::from(size) * u64::from(tx_buf);
+        if size_end > MEM_SIZE as u64 || u64::from(size) * u64::from(rx_buf) > 0x1f0_0000 {
             return Err(MockDriverError::Memory("queue buffers do not fit".into()));
         }
         // The rings are laid out here rather than by `virtio_queue::mock::MockSplitQueue`:
