@@ -6,4 +6,5 @@
 
 pub mod capsule;
 pub mod guests;
+pub mod qemu;
 pub mod tier;
