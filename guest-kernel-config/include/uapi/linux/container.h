@@ -1,0 +1,56 @@
+/* SPDX-License-Identifier: GPL-2.0 WITH Linux-syscall-note */
+/*
+ * Container objects: one handle that owns namespaces, a root, a set of
+ * processes with an init, the creator's credentials, a cgroup and a keyring,
+ * and in whose context kernel upcalls run.
+ */
+#ifndef _UAPI_LINUX_CONTAINER_H
+#define _UAPI_LINUX_CONTAINER_H
+
+/*
+ * System call numbers (x86_64).  A block well above mainline's numbers, so
+ * that new mainline system calls cannot collide with it.
+ */
+#define __NR_container_base		1000
+#ifndef __NR_container_create
+#define __NR_container_create		1000
+#define __NR_fork_into_container	1001
+#define __NR_container_socket		1002
+#define __NR_container_kill		1003
+#define __NR_container_freeze		1004
+#define __NR_container_thaw		1005
+#define __NR_container_keyring		1006
+#endif
+
+/* container_create() flags */
+#define CONTAINER_NEW_FS_NS		0x00000001 /* Copy the caller's mount namespace */
+#define CONTAINER_NEW_EMPTY_FS_NS	0x00000002 /* New mount namespace with nothing mounted */
+#define CONTAINER_NEW_CGROUP_NS		0x00000004 /* New cgroup namespace */
+#define CONTAINER_NEW_UTS_NS		0x00000008 /* New UTS namespace */
+#define CONTAINER_NEW_IPC_NS		0x00000010 /* New IPC namespace */
+#define CONTAINER_NEW_USER_NS		0x00000020 /* New user namespace */
+#define CONTAINER_NEW_PID_NS		0x00000040 /* New PID namespace */
+#define CONTAINER_NEW_NET_NS		0x00000080 /* New network namespace */
+#define CONTAINER_KILL_ON_CLOSE		0x00000100 /* Kill all members when the fd is released */
+#define CONTAINER_FD_CLOEXEC		0x00000200 /* Return the fd with O_CLOEXEC */
+#define CONTAINER__FLAG_MASK		0x000003ff
+
+/* Longest container name, excluding the terminating NUL. */
+#define CONTAINER_NAME_MAX		63
+
+/* container_freeze() flags */
+#define CONTAINER_FREEZE_NOWAIT		0x00000001 /* Do not wait for every member to stop */
+
+/*
+ * Mounting into a container with the mount API:
+ *
+ * fsconfig(fsfd, FSCONFIG_SET_CONTAINER, NULL, NULL, container_fd) makes the
+ * filesystem context use the container's user and network namespaces.
+ *
+ * move_mount(mfd, "", container_fd, "", MOVE_MOUNT_F_EMPTY_PATH |
+ *	      MOVE_MOUNT_T_CONTAINER_ROOT) mounts mfd as the container's root.
+ */
+#define FSCONFIG_SET_CONTAINER		64
+#define MOVE_MOUNT_T_CONTAINER_ROOT	0x00010000
+
+#endif /* _UAPI_LINUX_CONTAINER_H */
