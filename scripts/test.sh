@@ -9,6 +9,9 @@ step() { printf '\n==> %s\n' "$*"; }
 step "dependencies"
 ./scripts/install-deps.sh
 
+step "guest kernel (guest-kernel-config/build.sh: a cache hit unless its inputs changed)"
+./guest-kernel-config/build.sh
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
