@@ -188,6 +188,8 @@ pub struct CapsuleRun {
     pub memory_mib: Option<u64>,
     /// Console file; `None` leaves the console on capsule's stdout.
     pub console: Option<PathBuf>,
+    /// Further arguments appended after the ones above (devices, profiles, ...).
+    pub extra: Vec<OsString>,
     pub timeout: Duration,
 }
 
@@ -201,8 +203,15 @@ impl CapsuleRun {
             cpus: None,
             memory_mib: None,
             console: None,
+            extra: Vec::new(),
             timeout: DEFAULT_TIMEOUT,
         }
+    }
+
+    /// Appends one more argument.
+    pub fn arg(mut self, arg: impl Into<OsString>) -> Self {
+        self.extra.push(arg.into());
+        self
     }
 
     pub fn initrd(mut self, path: impl Into<PathBuf>) -> Self {
@@ -253,6 +262,7 @@ impl CapsuleRun {
         if let Some(p) = &self.console {
             args.extend(["--console".into(), p.into()]);
         }
+        args.extend(self.extra.iter().cloned());
         args
     }
 

@@ -125,6 +125,30 @@ fn triple_fault_exits_3() -> Result<(), String> {
     Ok(())
 }
 
+fn virtio_probe_finds_all_device_kinds() -> Result<(), String> {
+    let dir = ScratchDir::new("t1-virtio-all")?;
+    let disk = dir.join("disk.img");
+    std::fs::write(&disk, vec![0u8; 1 << 20]).map_err(|e| e.to_string())?;
+    let uds = dir.join("vsock.sock");
+    let mut disk_arg = disk.into_os_string();
+    disk_arg.push(":ro");
+    let run = CapsuleRun::new(Guest::VirtioProbe.pvh())
+        .arg("--vsock-uds")
+        .arg(&uds)
+        .arg("--disk")
+        .arg(disk_arg)
+        .cmdline("capsule.expect_virtio=4,19,2");
+    let (out, report) = boot(&dir, run)?;
+    out.expect_no_panic()?;
+    out.expect_code(0)?;
+    report.expect_all_ok(&[
+        "virtio-mmio-0",
+        "virtio-mmio-1",
+        "virtio-mmio-2",
+        "virtio-devices",
+    ])
+}
+
 fn exec_mmio_exits_4() -> Result<(), String> {
     let dir = ScratchDir::new("t1-exec-mmio")?;
     let (out, report) = boot(&dir, CapsuleRun::new(Guest::ExecMmio.pvh()))?;
@@ -222,6 +246,10 @@ fn main() {
         t("capsule_bootcheck_linux64_boot_protocol", bootcheck_linux64),
         t("capsule_virtio_probe_finds_rng", virtio_probe),
         t("capsule_kvm_internal_error_exits_4", exec_mmio_exits_4),
+        t(
+            "capsule_virtio_probe_finds_rng_vsock_blk",
+            virtio_probe_finds_all_device_kinds,
+        ),
         t("capsule_reboot_exits_0", reboot_exits_0),
         t("capsule_triple_fault_exits_3", triple_fault_exits_3),
         t("capsule_rejects_missing_kernel", missing_kernel),

@@ -22,6 +22,7 @@ use crate::devices::legacy::serial::{
     ConsoleSink, SerialConsole, COM1_IRQ, COM1_PORT, COM1_PORT_LEN,
 };
 use crate::devices::legacy::EventFdTrigger;
+use crate::devices::virtio::block::{Block, BlockConfig, BlockError};
 use crate::devices::virtio::mmio::{
     MmioError, MmioTransport, MMIO_WINDOW_SIZE, QUEUE_NOTIFY_OFFSET,
 };
@@ -53,6 +54,8 @@ pub struct VmConfig {
     pub rng: bool,
     /// Attach a virtio-vsock device with this guest CID and hybrid Unix socket.
     pub vsock: Option<vsock::VsockConfig>,
+    /// virtio-blk devices, in the order the guest sees them (vda, vdb, ...).
+    pub disks: Vec<BlockConfig>,
     pub profile: GuestProfile,
 }
 
@@ -95,6 +98,8 @@ pub enum BuildError {
     EventManager(#[source] event_manager::Error),
     #[error("cannot create the vsock device")]
     Vsock(#[source] vsock::muxer::MuxerError),
+    #[error("cannot attach a virtio-blk disk")]
+    Disk(#[source] BlockError),
 }
 
 type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
@@ -249,6 +254,17 @@ impl MicroVm {
         if let Some(cfg) = config.vsock {
             let vsock = Arc::new(Mutex::new(Vsock::new(cfg).map_err(BuildError::Vsock)?));
             attach_virtio(&vm, &mem, &mut mmio_bus, &mut events, &mut slots, vsock)?;
+        }
+        for disk in &config.disks {
+            let block = Block::new(disk).map_err(BuildError::Disk)?;
+            attach_virtio(
+                &vm,
+                &mem,
+                &mut mmio_bus,
+                &mut events,
+                &mut slots,
+                Arc::new(Mutex::new(block)),
+            )?;
         }
 
         let cmdline = [

@@ -4,9 +4,12 @@
 
 pub mod arch;
 pub mod builder;
+pub mod console;
 pub mod devices;
 pub mod exit;
 pub mod host;
 pub mod loader;
+pub mod machine;
 pub mod memory;
+pub mod state;
 pub mod vstate;

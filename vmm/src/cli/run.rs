@@ -8,6 +8,7 @@ use anyhow::Context;
 use clap::{Args, ValueEnum};
 use vmm::builder::{MicroVm, VmConfig};
 use vmm::devices::legacy::serial::ConsoleSink;
+use vmm::devices::virtio::block::BlockConfig;
 use vmm::host::{GuestProfile, KvmFlavor};
 
 /// Guest kernel parameters for the kind of host (see `capsule run --help`).
@@ -57,6 +58,11 @@ pub struct RunArgs {
     /// Do not attach the virtio-rng entropy device.
     #[arg(long)]
     no_rng: bool,
+
+    /// Attach a raw disk image as a virtio-blk device (vda, vdb, ... in order); append `:ro`
+    /// for a read-only device.
+    #[arg(long, value_name = "PATH[:ro]")]
+    disk: Vec<String>,
 
     /// Host-specific guest kernel parameters.
     #[arg(long, value_enum, default_value_t = ProfileChoice::Auto)]
@@ -108,8 +114,23 @@ fn build(args: RunArgs) -> anyhow::Result<MicroVm> {
         vsock: args
             .vsock_uds
             .map(|path| vsock::VsockConfig::new(args.vsock_cid, path)),
+        disks: args.disk.iter().map(|spec| parse_disk(spec)).collect(),
         profile,
     })?;
     log::info!("{}", vm.summary());
     Ok(vm)
+}
+
+/// Parses `PATH[:ro]`.
+fn parse_disk(spec: &str) -> BlockConfig {
+    let (path, read_only) = match spec.strip_suffix(":ro") {
+        Some(path) => (path, true),
+        None => (spec, false),
+    };
+    BlockConfig {
+        path: PathBuf::from(path),
+        read_only,
+        direct: false,
+        id: None,
+    }
 }
