@@ -6,5 +6,7 @@
 
 pub mod cpio;
 pub mod initramfs;
+pub mod oci;
+pub mod rootfs;
 
 pub use initramfs::{Defaults, DeviceKind, Initramfs, InitramfsError};
