@@ -50,6 +50,7 @@ const GUESTS: &[(&str, &str)] = &[
     ("triple_fault", "triple_fault.c"),
     ("exec_mmio", "exec_mmio.c"),
     ("idle", "idle.c"),
+    ("vsock_echo", "vsock_echo.c"),
 ];
 
 fn main() {

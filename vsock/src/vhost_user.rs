@@ -10,7 +10,7 @@ use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::sync::{Arc, RwLock};
 
-use log::{info, warn};
+use log::info;
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost::vhost_user::Listener;
 use vhost_user_backend::{VhostUserBackendMut, VhostUserDaemon, VringRwLock, VringT};
@@ -180,7 +180,7 @@ pub fn serve(cfg: VsockConfig, socket: &Path) -> Result<(), VhostUserError> {
             .start(&mut listener)
             .map_err(|e| VhostUserError::Daemon(e.to_string()))?;
         if let Err(e) = daemon.wait() {
-            warn!("vhost-user-vsock: front-end session ended: {e}");
+            info!("vhost-user-vsock: front-end session ended: {e}");
         }
         for handler in &handlers {
             let _ = handler.unregister_listener(core_fd, EventSet::IN, u64::from(BACKEND_EVENT));
