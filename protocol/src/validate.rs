@@ -4,7 +4,7 @@
 use crate::status::RpcError;
 
 /// Longest container name.
-pub const MAX_NAME_LEN: usize = 64;
+pub const MAX_NAME_LEN: usize = 63;
 /// Longest path accepted anywhere in the API.
 pub const MAX_PATH_LEN: usize = 4096;
 /// Most argv entries of an exec.
@@ -22,7 +22,7 @@ pub const MAX_KEY_DESC_LEN: usize = 4095;
 /// Largest key payload (the kernel's limit for add_key(2) payloads is 1 MiB).
 pub const MAX_KEY_PAYLOAD: usize = 1024 * 1024 - 1;
 
-/// A container name: 1-64 bytes of `[A-Za-z0-9_.-]`, not starting with `.`.
+/// A container name: 1-63 bytes (the kernel's CONTAINER_NAME_MAX) of `[A-Za-z0-9_.-]`, not starting with `.`.
 pub fn container_name(field: &str, name: &str) -> Result<(), RpcError> {
     if name.is_empty() {
         return Err(RpcError::invalid(field, "empty container name"));
@@ -109,7 +109,7 @@ mod tests {
     #[test]
     fn names() {
         assert!(container_name("name", "web-1.a_b").is_ok());
-        for bad in ["", ".hidden", "a/b", "a b", "ü", &"x".repeat(65)] {
+        for bad in ["", ".hidden", "a/b", "a b", "ü", &"x".repeat(64)] {
             let e = container_name("name", bad).unwrap_err();
             assert_eq!(e.field, "name", "{bad:?}");
         }

@@ -1,0 +1,176 @@
+//! Container backends: the container-object system calls of capsule's patched kernel
+//! ([`kernel`]), or the same operations built from mainline primitives ([`mainline`]): clone3
+//! with new namespaces into a cgroup, pidfds, setns, the mount API, cgroup v2 kill and freeze,
+//! keyrings. The agent's container logic only sees the [`Backend`] and [`Container`] traits,
+//! so it is unit-tested with a test double.
+//!
+//! Code that runs in a forked child of the (multi-threaded) agent lives in [`child`]: it only
+//! makes system calls on memory prepared before the fork.
+
+pub mod child;
+pub mod kernel;
+pub mod mainline;
+pub mod mount;
+
+use std::ffi::CString;
+use std::os::fd::OwnedFd;
+
+use tokio::sync::oneshot;
+
+use crate::reaper::{ExitStatus, Reaper};
+use crate::sys::Errno;
+
+/// CONTAINER_* flags of the RFC (include/uapi/linux/container.h).
+pub mod flags {
+    pub const NEW_FS_NS: u32 = 0x001;
+    pub const NEW_EMPTY_FS_NS: u32 = 0x002;
+    pub const NEW_CGROUP_NS: u32 = 0x004;
+    pub const NEW_UTS_NS: u32 = 0x008;
+    pub const NEW_IPC_NS: u32 = 0x010;
+    pub const NEW_USER_NS: u32 = 0x020;
+    pub const NEW_PID_NS: u32 = 0x040;
+    pub const NEW_NET_NS: u32 = 0x080;
+    pub const KILL_ON_CLOSE: u32 = 0x100;
+    pub const FD_CLOEXEC: u32 = 0x200;
+    pub const MASK: u32 = 0x3ff;
+}
+
+/// A backend error: the errno and what was being done.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{what}: {}", std::io::Error::from_raw_os_error(*errno))]
+pub struct BackendError {
+    pub errno: Errno,
+    pub what: String,
+    /// The request field the failure is about, if any.
+    pub field: &'static str,
+}
+
+impl BackendError {
+    pub fn new(errno: Errno, what: impl Into<String>) -> Self {
+        BackendError {
+            errno,
+            what: what.into(),
+            field: "",
+        }
+    }
+
+    pub fn field(mut self, field: &'static str) -> Self {
+        self.field = field;
+        self
+    }
+}
+
+pub type Result<T> = std::result::Result<T, BackendError>;
+
+/// Where a container's root comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RootSpec {
+    /// The guest's own root.
+    Shared,
+    /// A block device (guest path) with a file system type and options.
+    Block {
+        source: String,
+        fstype: String,
+        options: String,
+    },
+    /// A directory of the guest, bind-mounted.
+    Directory(String),
+    /// Nothing yet (CONTAINER_NEW_EMPTY_FS_NS).
+    None,
+}
+
+/// What to create.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreateSpec {
+    pub name: String,
+    pub flags: u32,
+    pub root: RootSpec,
+    pub hostname: String,
+}
+
+/// A mount request, already validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountSpec {
+    pub fstype: String,
+    pub source: String,
+    pub options: String,
+    pub target: String,
+    pub mkdir: bool,
+}
+
+/// A row of the container listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerRow {
+    pub name: String,
+    pub id: u64,
+    pub use_count: u32,
+    pub flags: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub current: bool,
+    pub state: String,
+}
+
+/// A child forked into a container: its pid and how to learn its end.
+pub struct Forked {
+    pub pid: libc::pid_t,
+    pub exit: oneshot::Receiver<ExitStatus>,
+}
+
+/// Creates containers.
+pub trait Backend: Send + Sync {
+    /// "kernel" or "mainline".
+    fn name(&self) -> &'static str;
+    /// Creates a container, mounts its root and starts its init.
+    fn create(&self, spec: &CreateSpec, reaper: &Reaper) -> Result<Box<dyn Container>>;
+    /// The kernel's listing (/proc/containers), or `None` when the agent's table is the truth.
+    fn list(&self) -> Option<Result<Vec<ContainerRow>>>;
+}
+
+/// One live container.
+pub trait Container: Send + Sync {
+    fn id(&self) -> u64;
+    fn init_pid(&self) -> libc::pid_t;
+    /// Takes the receiver of the init's exit status (once).
+    fn take_init_exit(&mut self) -> Option<oneshot::Receiver<ExitStatus>>;
+    /// Forks a child inside the container that runs `child` and exits with its result. `child`
+    /// runs in a forked copy of a multi-threaded process: only system calls on prepared memory.
+    fn fork_into(&self, reaper: &Reaper, child: &mut dyn FnMut() -> i32) -> Result<Forked>;
+    /// Name of the keyring that processes started in the container join as their session
+    /// keyring (mainline), or `None` when the kernel gives them the container keyring itself.
+    fn session_keyring_name(&self) -> Option<&CString>;
+    /// Mounts into the container.
+    fn mount(&self, spec: &MountSpec, reaper: &Reaper) -> Result<()>;
+    /// A socket in the container's network namespace (SOCK_CLOEXEC | SOCK_NONBLOCK).
+    fn socket(&self, domain: i32, ty: i32) -> Result<OwnedFd>;
+    fn kill(&self, signal: i32) -> Result<()>;
+    fn freeze(&self) -> Result<()>;
+    fn thaw(&self) -> Result<()>;
+    fn is_frozen(&self) -> bool;
+    /// The serial of the container's keyring.
+    fn keyring(&self) -> Result<i32>;
+    /// Pids of every process of the container (as the agent sees them).
+    fn procs(&self) -> Vec<libc::pid_t>;
+    /// Releases what the container held once it is dead (cgroup directory, keyring).
+    fn cleanup(&self);
+}
+
+/// Chooses the backend: the kernel's container syscalls when present, else mainline.
+pub fn detect(cgroup_parent: Option<std::path::PathBuf>) -> Box<dyn Backend> {
+    if kernel::available() {
+        log::info!("container syscalls present: kernel backend");
+        return Box::new(kernel::KernelBackend::new());
+    }
+    log::info!("no container syscalls (ENOSYS): mainline backend");
+    Box::new(mainline::MainlineBackend::new(cgroup_parent))
+}
+
+/// Reads `errno` as i32 from the status pipe of a child, 0 meaning success.
+pub(crate) fn read_status(fd: &OwnedFd) -> Option<i32> {
+    use std::os::fd::AsRawFd;
+    let mut b = [0u8; 4];
+    match crate::sys::read_full_raw(fd.as_raw_fd(), &mut b) {
+        Ok(4) => Some(i32::from_ne_bytes(b)),
+        _ => None,
+    }
+}

@@ -1,0 +1,120 @@
+//! capsule's guest agent: PID 1 of the microVM. Serves the RPC API of the `capsule-protocol`
+//! crate over virtio-vsock, drives container objects through a [`backend::Backend`] (the
+//! kernel's container syscalls, or mainline primitives), reaps every child, and forwards
+//! request-key upcalls to the host ([`request_key`]).
+
+pub mod agent;
+pub mod backend;
+pub mod bridge;
+pub mod init;
+pub mod keys;
+pub mod reaper;
+pub mod request_key;
+pub mod server;
+pub mod stream;
+pub mod sys;
+
+use std::sync::Arc;
+
+/// A minimal logger to stderr (the console in the guest); level from CAPSULE_AGENT_LOG.
+struct StderrLogger;
+
+impl log::Log for StderrLogger {
+    fn enabled(&self, m: &log::Metadata<'_>) -> bool {
+        m.level() <= log::max_level()
+    }
+    fn log(&self, r: &log::Record<'_>) {
+        if self.enabled(r.metadata()) {
+            eprintln!("capsule-agent: {}: {}", r.level(), r.args());
+        }
+    }
+    fn flush(&self) {}
+}
+
+/// Installs the logger.
+pub fn init_logging() {
+    static LOGGER: StderrLogger = StderrLogger;
+    let level = match std::env::var("CAPSULE_AGENT_LOG").as_deref() {
+        Ok("debug") => log::LevelFilter::Debug,
+        Ok("warn") => log::LevelFilter::Warn,
+        Ok("off") => log::LevelFilter::Off,
+        _ => log::LevelFilter::Info,
+    };
+    if log::set_logger(&LOGGER).is_ok() {
+        log::set_max_level(level);
+    }
+}
+
+/// What `run` should do when the agent is told to shut down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnShutdown {
+    /// Return (serve mode).
+    Return,
+    /// Sync and reboot (PID 1 in the guest).
+    PowerOff,
+}
+
+/// Options of one agent run.
+pub struct Options {
+    pub transport: stream::Transport,
+    pub backend: BackendChoice,
+    pub cgroup_parent: Option<std::path::PathBuf>,
+    pub on_shutdown: OnShutdown,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendChoice {
+    Auto,
+    Kernel,
+    Mainline,
+}
+
+/// Runs the agent until Shutdown.
+pub fn run(opts: Options) -> anyhow::Result<()> {
+    init::become_subreaper();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let reaper = Arc::new(reaper::Reaper::new());
+        let mut sigchld = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child())?;
+        let r2 = reaper.clone();
+        tokio::spawn(async move {
+            loop {
+                let r = r2.clone();
+                let _ = tokio::task::spawn_blocking(move || r.reap()).await;
+                if sigchld.recv().await.is_none() {
+                    break;
+                }
+            }
+        });
+        // A session keyring of our own holds the container keyrings (mainline backend).
+        let _ = sys::keyctl(sys::KEYCTL_JOIN_SESSION_KEYRING, 0, 0, 0, 0);
+        let backend: Box<dyn backend::Backend> = match opts.backend {
+            BackendChoice::Auto => backend::detect(opts.cgroup_parent.clone()),
+            BackendChoice::Kernel => {
+                anyhow::ensure!(
+                    backend::kernel::available(),
+                    "the kernel has no container syscalls"
+                );
+                Box::new(backend::kernel::KernelBackend::new())
+            }
+            BackendChoice::Mainline => Box::new(backend::mainline::MainlineBackend::new(
+                opts.cgroup_parent.clone(),
+            )),
+        };
+        log::info!("backend: {}", backend.name());
+        let agent = agent::Agent::new(backend, reaper, opts.transport);
+        let grace = server::serve(agent.clone()).await?;
+        log::info!("shutting down (grace {grace} s)");
+        agent
+            .stop_all(std::time::Duration::from_secs(grace.into()))
+            .await;
+        Ok::<(), anyhow::Error>(())
+    })?;
+    if opts.on_shutdown == OnShutdown::PowerOff {
+        init::power_off();
+    }
+    Ok(())
+}
