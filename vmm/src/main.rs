@@ -23,6 +23,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Build root filesystem images.
+    Image(cli::image::ImageArgs),
     /// Boot a kernel in a microVM and run it until the guest ends.
     Run(cli::run::RunArgs),
     /// Serve the vsock device to QEMU as a vhost-user-vsock backend.
@@ -33,6 +35,7 @@ fn main() -> ExitCode {
     logger::init();
     let cli = Cli::parse();
     match cli.command {
+        Command::Image(args) => cli::image::run(args),
         Command::Run(args) => cli::run::run(args),
         Command::VsockBackend(args) => {
             cli::vsock_backend::run(args).unwrap_or_else(|e| cli::fail(&e))

@@ -1,5 +1,6 @@
 //! One module per `capsule` subcommand.
 
+pub mod image;
 pub mod run;
 pub mod vsock_backend;
 
