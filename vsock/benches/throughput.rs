@@ -8,7 +8,7 @@
 //! throughput`). `VSOCK_BENCH_MIB` sets the volume per direction (default 1024).
 
 use std::io::{Read, Write};
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixStream;
 use std::time::Instant;
 
 use vsock::mock::{MockDriver, Q};

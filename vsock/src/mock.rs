@@ -14,6 +14,8 @@ use crate::proto::{Header, HDR_LEN};
 
 /// Guest memory of the mock: 64 MiB from address 0.
 pub const MEM_SIZE: usize = 64 << 20;
+/// Where rx buffers live: after the rings, before the tx buffers.
+const RX_AREA: (u64, u64) = (0x10_0000, 0x200_0000);
 
 /// Errors of the mock driver (these are test-setup failures, not device behaviour).
 #[derive(Debug, thiserror::Error)]
@@ -349,28 +351,34 @@ impl MockDriver {
         posted
     }
 
-    /// Reads the packets the device placed into rx buffers since the last call.
+    /// Reads the packets the device placed into rx buffers since the last call. A buffer the
+    /// device returned unused (length below a header) reads as a default header.
     pub fn take_rx(&mut self) -> Vec<(Header, Vec<u8>)> {
         let used = self.take_used(Q::Rx);
-        let mut out = Vec::with_capacity(used.len());
-        for u in used {
-            let addr = u.addr;
-            let mut hb = [0u8; HDR_LEN];
-            if (u.len as usize) < HDR_LEN
-                || self.mem.read_slice(&mut hb, GuestAddress(addr)).is_err()
-            {
-                out.push((Header::default(), Vec::new()));
-                continue;
-            }
-            let hdr = Header::from_bytes(&hb);
-            let n = (u.len as usize - HDR_LEN).min(hdr.len as usize);
-            let mut data = vec![0u8; n];
-            let _ = self
-                .mem
-                .read_slice(&mut data, GuestAddress(addr + HDR_LEN as u64));
-            out.push((hdr, data));
+        used.iter()
+            .map(|u| self.read_packet(u).unwrap_or_default())
+            .collect()
+    }
+
+    /// The packet in a used rx buffer, or `None` when the device returned it unused.
+    pub fn read_packet(&self, u: &Used) -> Option<(Header, Vec<u8>)> {
+        let mut hb = [0u8; HDR_LEN];
+        if (u.len as usize) < HDR_LEN {
+            return None;
         }
-        out
+        self.mem.read_slice(&mut hb, GuestAddress(u.addr)).ok()?;
+        let hdr = Header::from_bytes(&hb);
+        let n = (u.len as usize - HDR_LEN).min(hdr.len as usize);
+        let mut data = vec![0u8; n];
+        let _ = self
+            .mem
+            .read_slice(&mut data, GuestAddress(u.addr + HDR_LEN as u64));
+        Some((hdr, data))
+    }
+
+    /// Whether `[addr, addr + len)` lies in the rx buffer area (away from the rings).
+    pub fn in_rx_area(&self, addr: u64, len: u64) -> bool {
+        addr >= RX_AREA.0 && addr.checked_add(len).is_some_and(|end| end <= RX_AREA.1)
     }
 
     /// Writes bytes into guest memory.
