@@ -12,4 +12,6 @@ pub mod loader;
 pub mod machine;
 pub mod memory;
 pub mod state;
+pub mod supervisor;
+pub mod upcall;
 pub mod vstate;

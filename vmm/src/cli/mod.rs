@@ -1,7 +1,23 @@
 //! One module per `capsule` subcommand.
 
+pub mod common;
+pub mod control;
+pub mod create;
+pub mod defaults;
+pub mod exec;
+pub mod helper;
 pub mod image;
+pub mod key;
+pub mod logs;
+pub mod ls;
+pub mod mount;
+pub mod port_forward;
+pub mod ps;
+pub mod rm;
 pub mod run;
+pub mod stop;
+pub mod supervise;
+pub mod tty;
 pub mod vsock_backend;
 
 use std::process::ExitCode;

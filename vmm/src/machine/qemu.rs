@@ -3,6 +3,7 @@
 
 use std::fs::File;
 use std::io::Read;
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -129,10 +130,17 @@ pub fn run(config: &MachineConfig, accel: Accel) -> Result<(ExitReason, PanicWat
 
     let args = qemu_args(config, accel, &vhost_socket);
     info!("starting {} {}", qemu.display(), args.join(" "));
-    let mut child = Command::new(&qemu)
-        .args(&args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
+    let mut cmd = Command::new(&qemu);
+    cmd.args(&args).stdin(Stdio::null()).stdout(Stdio::piped());
+    // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe: QEMU gets SIGKILL when the thread
+    // that started it (and so the supervisor) dies, even by SIGKILL.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    let mut child = cmd
         .spawn()
         .map_err(|source| MachineError::Spawn { what: QEMU, source })?;
     if let Some(mut out) = child.stdout.take() {

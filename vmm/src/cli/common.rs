@@ -1,0 +1,223 @@
+//! Helpers the container commands share: finding a VM, reaching its agent, parsing specs.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use protocol::{Client, HybridVsock};
+use vmm::state::{default_root, Phase, StateDir};
+
+/// How long one agent call may take before the CLI gives up (override: CAPSULE_AGENT_TIMEOUT,
+/// in seconds).
+pub fn agent_timeout() -> Duration {
+    std::env::var("CAPSULE_AGENT_TIMEOUT")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+        .map(Duration::from_secs)
+        .unwrap_or(Duration::from_secs(30))
+}
+
+/// Opens the state directory of VM `name`.
+pub fn open_vm(name: &str) -> Result<StateDir> {
+    Ok(StateDir::open(&default_root(), name)?)
+}
+
+/// Opens VM `name` and connects to its agent; fails with the VM's state when it is not running.
+pub fn agent(name: &str) -> Result<(StateDir, Client)> {
+    let vm = open_vm(name)?;
+    let status = vm.status()?;
+    if status.phase != Phase::Running {
+        bail!(
+            "VM {name} is {}{}",
+            status.phase.name(),
+            status.reason.map(|r| format!(": {r}")).unwrap_or_default()
+        );
+    }
+    let client = connect(&vm.vsock_path())
+        .with_context(|| format!("cannot reach the agent of VM {name}"))?;
+    Ok((vm, client))
+}
+
+/// Connects to the agent behind a hybrid-vsock socket.
+pub fn connect(vsock: &Path) -> Result<Client> {
+    let timeout = agent_timeout();
+    let connector = HybridVsock::new(vsock).with_handshake_timeout(timeout);
+    Ok(Client::connect(connector)?.with_timeout(timeout))
+}
+
+/// Names of the RFC's container_create() flags, in bit order.
+pub const FLAG_NAMES: &[(&str, u32)] = &[
+    ("fs", 0x001),
+    ("empty-fs", 0x002),
+    ("cgroup", 0x004),
+    ("uts", 0x008),
+    ("ipc", 0x010),
+    ("user", 0x020),
+    ("pid", 0x040),
+    ("net", 0x080),
+    ("kill-on-close", 0x100),
+    ("cloexec", 0x200),
+];
+
+/// The flags a container gets unless told otherwise: its own mounts, hostname, IPC, PIDs,
+/// cgroup view and network.
+pub const DEFAULT_FLAGS: &str = "fs,uts,ipc,pid,cgroup,net";
+
+/// Parses `--flags`: comma-separated names from [`FLAG_NAMES`], or a number (0x... or decimal).
+pub fn parse_flags(spec: &str) -> Result<u32> {
+    let spec = spec.trim();
+    let flags = if let Some(hex) = spec.strip_prefix("0x") {
+        u32::from_str_radix(hex, 16).with_context(|| format!("invalid --flags {spec:?}"))?
+    } else if !spec.is_empty() && spec.bytes().all(|b| b.is_ascii_digit()) {
+        spec.parse()
+            .with_context(|| format!("invalid --flags {spec:?}"))?
+    } else {
+        let mut flags = 0;
+        for name in spec.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            let Some((_, bit)) = FLAG_NAMES.iter().find(|(n, _)| *n == name) else {
+                let known: Vec<_> = FLAG_NAMES.iter().map(|(n, _)| *n).collect();
+                bail!(
+                    "invalid --flags: unknown flag {name:?} (known: {})",
+                    known.join(", ")
+                );
+            };
+            flags |= bit;
+        }
+        flags
+    };
+    let all: u32 = FLAG_NAMES.iter().map(|(_, b)| b).sum();
+    if flags & !all != 0 {
+        bail!("invalid --flags {spec:?}: unknown bits {:#x}", flags & !all);
+    }
+    if flags & 0x003 == 0x003 {
+        bail!("invalid --flags {spec:?}: fs (copy the mount namespace) and empty-fs exclude each other");
+    }
+    Ok(flags)
+}
+
+/// A `TYPE:DESCRIPTION=FILE` key specification, with the file already read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeySpec {
+    pub key_type: String,
+    pub description: String,
+    pub payload: Vec<u8>,
+}
+
+pub fn parse_key(spec: &str) -> Result<KeySpec> {
+    let bad = || format!("invalid key {spec:?}: expected TYPE:DESCRIPTION=FILE");
+    let (type_desc, file) = spec.split_once('=').with_context(bad)?;
+    let (key_type, description) = type_desc.split_once(':').with_context(bad)?;
+    if key_type.is_empty() || description.is_empty() || file.is_empty() {
+        bail!(bad());
+    }
+    let payload = std::fs::read(file)
+        .with_context(|| format!("cannot read the payload of key {type_desc:?} from {file}"))?;
+    Ok(KeySpec {
+        key_type: key_type.to_string(),
+        description: description.to_string(),
+        payload,
+    })
+}
+
+/// File system type of a raw image, from its superblock magic.
+pub fn detect_fstype(image: &Path) -> Result<&'static str> {
+    use std::io::Read;
+    let mut head = vec![0u8; 2048];
+    let mut f = std::fs::File::open(image)
+        .with_context(|| format!("cannot open image {}", image.display()))?;
+    let n = f
+        .read(&mut head)
+        .with_context(|| format!("cannot read image {}", image.display()))?;
+    head.truncate(n);
+    let magic16 = |at: usize| {
+        head.get(at..at + 2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]))
+    };
+    let magic32 = |at: usize| {
+        head.get(at..at + 4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    if magic16(1080) == Some(0xef53) {
+        return Ok("ext4");
+    }
+    if magic32(1024) == Some(0xe0f5_e1e2) {
+        return Ok("erofs");
+    }
+    bail!(
+        "image {} is neither ext4 nor erofs (build one with `capsule image build`)",
+        image.display()
+    )
+}
+
+/// A `IMAGE:/path[:ro]` volume.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeSpec {
+    pub image: PathBuf,
+    pub target: String,
+    pub read_only: bool,
+}
+
+pub fn parse_volume(spec: &str) -> Result<VolumeSpec> {
+    let (rest, read_only) = match spec.strip_suffix(":ro") {
+        Some(rest) => (rest, true),
+        None => (spec.strip_suffix(":rw").unwrap_or(spec), false),
+    };
+    let Some((image, target)) = rest.rsplit_once(':') else {
+        bail!("invalid --volume {spec:?}: expected IMAGE:/path[:ro]");
+    };
+    if !target.starts_with('/') || image.is_empty() {
+        bail!(
+            "invalid --volume {spec:?}: the target must be an absolute path inside the container"
+        );
+    }
+    Ok(VolumeSpec {
+        image: PathBuf::from(image),
+        target: target.to_string(),
+        read_only,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_by_name_and_number() {
+        assert_eq!(parse_flags(DEFAULT_FLAGS).unwrap(), 0x0dd);
+        assert_eq!(parse_flags("0x140").unwrap(), 0x140);
+        assert_eq!(parse_flags("8").unwrap(), 8);
+        assert_eq!(parse_flags("").unwrap(), 0);
+        assert!(parse_flags("pid,bogus")
+            .unwrap_err()
+            .to_string()
+            .contains("bogus"));
+        assert!(parse_flags("0x800")
+            .unwrap_err()
+            .to_string()
+            .contains("unknown bits"));
+        assert!(parse_flags("fs,empty-fs").is_err());
+    }
+
+    #[test]
+    fn volumes() {
+        assert_eq!(
+            parse_volume("/img/data.ext4:/data:ro").unwrap(),
+            VolumeSpec {
+                image: "/img/data.ext4".into(),
+                target: "/data".into(),
+                read_only: true
+            }
+        );
+        assert!(!parse_volume("d.img:/x").unwrap().read_only);
+        assert!(parse_volume("d.img").is_err());
+        assert!(parse_volume("d.img:relative").is_err());
+    }
+
+    #[test]
+    fn keys_need_type_description_and_a_readable_file() {
+        assert!(parse_key("user:x").is_err());
+        assert!(parse_key(":x=/etc/hostname").is_err());
+        let err = parse_key("user:x=/nonexistent/file").unwrap_err();
+        assert!(format!("{err:#}").contains("/nonexistent/file"));
+    }
+}

@@ -1,0 +1,229 @@
+//! `capsule exec`: run a command in a VM's container with stdin, stdout and stderr (or a
+//! terminal) streamed over vsock; the command's exit status becomes ours.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use protocol::methods::{CloseStdin, Exec, ResizeTty};
+use protocol::{pb, Client, StreamKind};
+
+use super::common;
+use super::tty::{terminal_size, RawMode, WinchWatcher};
+
+/// PATH a command gets unless `-e PATH=...` says otherwise.
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+#[derive(Args, Debug)]
+#[command(
+    after_help = "The exit status is the command's: its exit code, or 128+N when signal N \
+    killed it; 127 when the command does not exist, 126 when it cannot be executed, 1 for \
+    capsule's own errors.\n\nExample: capsule exec -e GREETING=hi -w /tmp web -- sh -c 'echo $GREETING'"
+)]
+pub struct ExecArgs {
+    /// Run the command on a terminal (for interactive programs).
+    #[arg(short, long)]
+    tty: bool,
+    /// Set an environment variable: KEY=VALUE, or KEY to pass this shell's value. Repeatable.
+    #[arg(short, long = "env", value_name = "KEY[=VALUE]")]
+    env: Vec<String>,
+    /// Working directory inside the container.
+    #[arg(short, long = "workdir", value_name = "DIR")]
+    workdir: Option<String>,
+    /// User (and group) to run as: UID[:GID], numeric.
+    #[arg(short, long = "user", value_name = "UID[:GID]")]
+    user: Option<String>,
+    /// The VM.
+    name: String,
+    /// The command and its arguments.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    command: Vec<String>,
+}
+
+pub fn run(args: ExecArgs) -> ExitCode {
+    match exec(&args) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            let errno = e
+                .downcast_ref::<protocol::ClientError>()
+                .and_then(|c| c.rpc())
+                .map_or(0, |r| r.errno);
+            let code = match errno {
+                libc::ENOENT => 127,
+                libc::EACCES | libc::ENOEXEC => 126,
+                _ => 1,
+            };
+            super::fail(&e);
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn parse_user(spec: &str) -> Result<(u32, u32)> {
+    let (uid, gid) = match spec.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (spec, None),
+    };
+    let uid: u32 = uid
+        .parse()
+        .with_context(|| format!("invalid --user {spec:?}: UID must be a number"))?;
+    let gid = match gid {
+        Some(g) => g
+            .parse()
+            .with_context(|| format!("invalid --user {spec:?}: GID must be a number"))?,
+        None => uid,
+    };
+    Ok((uid, gid))
+}
+
+fn environment(args: &ExecArgs) -> Result<Vec<String>> {
+    let mut env: Vec<(String, String)> = vec![
+        ("PATH".into(), DEFAULT_PATH.into()),
+        ("HOME".into(), "/root".into()),
+    ];
+    if args.tty {
+        let term = std::env::var("TERM").unwrap_or_else(|_| "xterm".into());
+        env.push(("TERM".into(), term));
+    }
+    for spec in &args.env {
+        let (key, value) = match spec.split_once('=') {
+            Some((k, v)) => (k.to_string(), v.to_string()),
+            None => (spec.clone(), std::env::var(spec).unwrap_or_default()),
+        };
+        if key.is_empty() {
+            bail!("invalid --env {spec:?}: empty name");
+        }
+        env.retain(|(k, _)| *k != key);
+        env.push((key, value));
+    }
+    Ok(env.into_iter().map(|(k, v)| format!("{k}={v}")).collect())
+}
+
+fn exec(args: &ExecArgs) -> Result<u8> {
+    let (uid, gid) = args
+        .user
+        .as_deref()
+        .map(parse_user)
+        .transpose()?
+        .unwrap_or((0, 0));
+    let env = environment(args)?;
+    let (_, client) = common::agent(&args.name)?;
+    let client = Arc::new(client);
+    let stream_mode = pb::StdioMode::StdioStream as i32;
+    let request = pb::ExecRequest {
+        container: args.name.clone(),
+        argv: args.command.clone(),
+        env,
+        cwd: args.workdir.clone().unwrap_or_default(),
+        uid,
+        gid,
+        additional_gids: Vec::new(),
+        tty: args.tty,
+        tty_size: args.tty.then(terminal_size).flatten(),
+        stdin: stream_mode,
+        stdout: stream_mode,
+        stderr: stream_mode,
+    };
+    let started = client
+        .call::<Exec>(&request)
+        .with_context(|| format!("cannot run {:?} in {}", args.command[0], args.name))?;
+    let id = started.exec_id;
+    if args.tty {
+        run_tty(&client, &args.name, id)
+    } else {
+        run_pipes(&client, &args.name, id)
+    }
+}
+
+/// Copies `from` into `to` until EOF; returns when the source is done.
+fn pump(
+    mut from: impl Read + Send + 'static,
+    mut to: impl Write + Send + 'static,
+) -> JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match from.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if to.write_all(&buf[..n]).and_then(|_| to.flush()).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    })
+}
+
+fn run_pipes(client: &Arc<Client>, name: &str, id: u64) -> Result<u8> {
+    let stdin = client.attach(StreamKind::Stdin, id)?;
+    let stdout = client.attach(StreamKind::Stdout, id)?;
+    let stderr = client.attach(StreamKind::Stderr, id)?;
+    let out = pump(stdout, std::io::stdout());
+    let err = pump(stderr, std::io::stderr());
+    // Host stdin is forwarded until it ends; the guest then sees EOF. This thread is not
+    // joined: a command may finish while we still wait for input.
+    let container = name.to_string();
+    let stdin_client = client.clone();
+    std::thread::spawn(move || {
+        let mut input = stdin;
+        let mut host = std::io::stdin().lock();
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match host.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if input.write_all(&buf[..n]).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+        let _ = input.shutdown(std::net::Shutdown::Write);
+        let _ = stdin_client.call::<CloseStdin>(&pb::CloseStdinRequest {
+            container,
+            exec_id: id,
+        });
+    });
+    let status = wait(client, name, id)?;
+    // The process is gone: its output streams end once the agent has sent what is left.
+    let _ = out.join();
+    let _ = err.join();
+    Ok(status)
+}
+
+fn run_tty(client: &Arc<Client>, name: &str, id: u64) -> Result<u8> {
+    let tty: UnixStream = client.attach(StreamKind::Tty, id)?;
+    let _raw = RawMode::enter();
+    let out = pump(tty.try_clone()?, std::io::stdout());
+    let _input = pump(std::io::stdin(), tty);
+    let resize_client = client.clone();
+    let container = name.to_string();
+    let _winch = WinchWatcher::start(move |size| {
+        let _ = resize_client.call::<ResizeTty>(&pb::ResizeTtyRequest {
+            container: container.clone(),
+            exec_id: id,
+            size: Some(size),
+        });
+    });
+    let status = wait(client, name, id)?;
+    let _ = out.join();
+    Ok(status)
+}
+
+/// Waits for the process and turns its end into an exit status.
+fn wait(client: &Client, name: &str, id: u64) -> Result<u8> {
+    // Commands run as long as they like: no RPC timeout on the wait.
+    let done = client
+        .wait_process(name, id)
+        .with_context(|| format!("lost the command in {name}"))?;
+    Ok(if done.signal > 0 {
+        (128 + done.signal).min(255) as u8
+    } else {
+        done.exit_code.clamp(0, 255) as u8
+    })
+}
