@@ -230,6 +230,15 @@ impl Agent {
         let spec2 = spec.clone();
         let mut ops =
             Self::blocking(move || Ok(this.backend.create(&spec2, &this.reaper)?)).await?;
+        if spec.flags & flags::NEW_NET_NS != 0 {
+            // A new network namespace starts with lo down; containers expect it up.
+            if let Err(e) = ops
+                .socket(libc::AF_INET, libc::SOCK_DGRAM)
+                .and_then(|s| loopback_up(&s))
+            {
+                log::warn!("container {}: bringing lo up: {e}", spec.name);
+            }
+        }
         let init_exit = ops.take_init_exit();
         let entry = Arc::new(ContainerEntry {
             name: spec.name.clone(),
@@ -901,6 +910,33 @@ impl Agent {
             .await;
         }
     }
+}
+
+/// Sets IFF_UP on "lo" through a socket of the container's network namespace.
+fn loopback_up(sock: &OwnedFd) -> crate::backend::Result<()> {
+    #[repr(C)]
+    struct IfReq {
+        name: [u8; 16],
+        flags: libc::c_short,
+        pad: [u8; 22],
+    }
+    let mut req = IfReq {
+        name: [0; 16],
+        flags: 0,
+        pad: [0; 22],
+    };
+    req.name[..2].copy_from_slice(b"lo");
+    // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS with a properly sized ifreq.
+    unsafe {
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) < 0 {
+            return Err(BackendError::new(sys::last_errno(), "SIOCGIFFLAGS lo"));
+        }
+        req.flags |= libc::IFF_UP as libc::c_short;
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) < 0 {
+            return Err(BackendError::new(sys::last_errno(), "SIOCSIFFLAGS lo"));
+        }
+    }
+    Ok(())
 }
 
 fn check_signal(field: &str, sig: i32) -> Result<(), RpcError> {

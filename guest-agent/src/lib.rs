@@ -72,6 +72,9 @@ pub enum BackendChoice {
 /// Runs the agent until Shutdown.
 pub fn run(opts: Options) -> anyhow::Result<()> {
     init::become_subreaper();
+    // A session keyring of our own holds the container keyrings (mainline backend); joined
+    // before any thread exists, as keyrings are per-thread credentials.
+    let _ = sys::keyctl(sys::KEYCTL_JOIN_SESSION_KEYRING, 0, 0, 0, 0);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -89,8 +92,6 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
                 }
             }
         });
-        // A session keyring of our own holds the container keyrings (mainline backend).
-        let _ = sys::keyctl(sys::KEYCTL_JOIN_SESSION_KEYRING, 0, 0, 0, 0);
         let backend: Box<dyn backend::Backend> = match opts.backend {
             BackendChoice::Auto => backend::detect(opts.cgroup_parent.clone()),
             BackendChoice::Kernel => {

@@ -37,6 +37,7 @@ pub const AT_RECURSIVE: u32 = 0x8000;
 pub const KEY_SPEC_SESSION_KEYRING: i32 = -3;
 pub const KEY_SPEC_REQKEY_AUTH_KEY: i32 = -7;
 pub const KEYCTL_JOIN_SESSION_KEYRING: i32 = 1;
+pub const KEYCTL_SETPERM: i32 = 5;
 pub const KEYCTL_DESCRIBE: i32 = 6;
 pub const KEYCTL_LINK: i32 = 8;
 pub const KEYCTL_READ: i32 = 11;

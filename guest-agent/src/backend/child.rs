@@ -176,16 +176,18 @@ pub fn exec_child(p: &PreparedExec) -> i32 {
             return fail(p.err_fd, Stage::Keyring, e);
         }
     }
+    // Raw system calls, not glibc's wrappers: after a raw clone3 glibc still believes the
+    // agent's other threads exist and its set*id wrappers would wait for them forever.
     // SAFETY: setgroups with a pointer/length pair of a live Vec.
-    if unsafe { libc::setgroups(p.groups.len(), p.groups.as_ptr()) } < 0 {
+    if unsafe { libc::syscall(libc::SYS_setgroups, p.groups.len(), p.groups.as_ptr()) } < 0 {
         return fail(p.err_fd, Stage::Groups, sys::last_errno());
     }
     // SAFETY: plain syscalls with integer arguments.
-    if unsafe { libc::setresgid(p.gid, p.gid, p.gid) } < 0 {
+    if unsafe { libc::syscall(libc::SYS_setresgid, p.gid, p.gid, p.gid) } < 0 {
         return fail(p.err_fd, Stage::Gid, sys::last_errno());
     }
     // SAFETY: as above.
-    if unsafe { libc::setresuid(p.uid, p.uid, p.uid) } < 0 {
+    if unsafe { libc::syscall(libc::SYS_setresuid, p.uid, p.uid, p.uid) } < 0 {
         return fail(p.err_fd, Stage::Uid, sys::last_errno());
     }
     // SAFETY: a NUL-terminated path prepared before the fork.

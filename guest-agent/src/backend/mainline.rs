@@ -266,6 +266,16 @@ pub(crate) fn mount_proc(c: &dyn Container, reaper: &Reaper) -> Result<()> {
 fn make_keyring(name: &CString, container: &str) -> Result<i32> {
     let ring = sys::add_key(c"keyring", name, &[], sys::KEY_SPEC_SESSION_KEYRING)
         .map_err(|e| err(e, "creating the container keyring"))?;
+    // Possessor and owner (the agent's uid) get every right: the agent's threads do not all
+    // possess its session keyring (keyrings are per-thread credentials).
+    sys::keyctl(
+        sys::KEYCTL_SETPERM,
+        ring as libc::c_ulong,
+        0x3f3f_0000,
+        0,
+        0,
+    )
+    .map_err(|e| err(e, "setting the container keyring's permissions"))?;
     sys::add_key(c"user", crate::keys::NAME_KEY, container.as_bytes(), ring)
         .map_err(|e| err(e, "adding the container name key"))?;
     Ok(ring)
