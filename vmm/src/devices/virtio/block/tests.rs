@@ -616,6 +616,22 @@ fn direct_io_handles_unaligned_sectors() {
     let (status, used) = h.simple(VIRTIO_BLK_T_IN, 1, &[desc(DATA2, 14 * 512, WRITE)]);
     assert_eq!((status, used), (OK, 14 * 512 + 1));
     assert_eq!(h.get(DATA2, 14 * 512), &bytes[512..15 * 512]);
+    assert_eq!(
+        h.dev.disk.direct_io_count(),
+        0,
+        "unaligned requests use the bounce buffer"
+    );
+    // Page-aligned requests go straight to guest memory.
+    h.put(DATA, &[0xc3; 8192]);
+    assert_eq!(h.simple(VIRTIO_BLK_T_OUT, 16, &[desc(DATA, 8192, 0)]).0, OK);
+    assert_eq!(
+        h.simple(VIRTIO_BLK_T_IN, 8, &[desc(DATA2, 8192, WRITE)]).0,
+        OK
+    );
+    assert_eq!(h.dev.disk.direct_io_count(), 2);
+    let bytes = image.bytes();
+    assert_eq!(&bytes[16 * 512..32 * 512], &[0xc3; 8192]);
+    assert_eq!(h.get(DATA2, 8192), &bytes[8 * 512..24 * 512]);
     // Size must stay a multiple of 4 KiB for O_DIRECT.
     let odd = TempImage::patterned(9);
     let config = BlockConfig {
