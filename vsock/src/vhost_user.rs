@@ -26,7 +26,9 @@ use crate::muxer::{MuxerError, VsockConfig, VsockCore};
 type Mem = GuestMemoryAtomic<GuestMemoryMmap<()>>;
 
 const NUM_QUEUES: usize = 3;
-const QUEUE_SIZE: usize = 256;
+/// Largest vring the front-end may set up. QEMU's vhost-user-vsock device offers 1024-entry
+/// rings and a Linux guest uses the full size.
+const QUEUE_SIZE: usize = 1024;
 const RX: usize = 0;
 const TX: usize = 1;
 /// Event id of the core's epoll fd: ids up to NUM_QUEUES belong to the library.
