@@ -9,7 +9,7 @@ use std::thread::JoinHandle;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use protocol::methods::{CloseStdin, Exec, ResizeTty};
+use protocol::methods::{Exec, ResizeTty};
 use protocol::{pb, Client, StreamKind};
 
 use super::common;
@@ -48,11 +48,14 @@ pub fn run(args: ExecArgs) -> ExitCode {
     match exec(&args) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            let errno = e
+            // Like a shell: 127 when the program is not there, 126 when it cannot be run;
+            // only for errors about the program itself, not e.g. a missing container.
+            let program_errno = e
                 .downcast_ref::<protocol::ClientError>()
                 .and_then(|c| c.rpc())
+                .filter(|r| r.field == "argv[0]")
                 .map_or(0, |r| r.errno);
-            let code = match errno {
+            let code = match program_errno {
                 libc::ENOENT => 127,
                 libc::EACCES | libc::ENOEXEC => 126,
                 _ => 1,
@@ -165,10 +168,10 @@ fn run_pipes(client: &Arc<Client>, name: &str, id: u64) -> Result<u8> {
     let stderr = client.attach(StreamKind::Stderr, id)?;
     let out = pump(stdout, std::io::stdout());
     let err = pump(stderr, std::io::stderr());
-    // Host stdin is forwarded until it ends; the guest then sees EOF. This thread is not
-    // joined: a command may finish while we still wait for input.
-    let container = name.to_string();
-    let stdin_client = client.clone();
+    // Host stdin is forwarded until it ends; then the stream is half-closed, which reaches the
+    // process as EOF after the last byte (a CloseStdin call could overtake data still in
+    // flight on the stream). This thread is not joined: a command may finish while we still
+    // wait for input.
     std::thread::spawn(move || {
         let mut input = stdin;
         let mut host = std::io::stdin().lock();
@@ -184,10 +187,6 @@ fn run_pipes(client: &Arc<Client>, name: &str, id: u64) -> Result<u8> {
             }
         }
         let _ = input.shutdown(std::net::Shutdown::Write);
-        let _ = stdin_client.call::<CloseStdin>(&pb::CloseStdinRequest {
-            container,
-            exec_id: id,
-        });
     });
     let status = wait(client, name, id)?;
     // The process is gone: its output streams end once the agent has sent what is left.

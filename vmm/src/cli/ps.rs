@@ -9,6 +9,9 @@ use protocol::pb;
 #[derive(Args, Debug)]
 pub struct PsArgs {
     name: String,
+    /// Also list commands that have exited.
+    #[arg(short, long)]
+    all: bool,
 }
 
 pub fn run(args: PsArgs) -> ExitCode {
@@ -17,7 +20,11 @@ pub fn run(args: PsArgs) -> ExitCode {
             container: args.name.clone(),
         })?;
         println!("{:>7} {:>8} {:<8} COMMAND", "PID", "EXEC", "STATE");
-        for p in list.processes {
+        for p in list
+            .processes
+            .into_iter()
+            .filter(|p| args.all || p.state != "exited")
+        {
             let exec = if p.exec_id == 0 {
                 "-".to_string()
             } else {

@@ -44,6 +44,9 @@ pub fn qemu_args(config: &MachineConfig, accel: Accel, vhost_socket: &Path) -> V
         "-display",
         "none",
         "-no-reboot",
+        // microvm's virtio-mmio transports are legacy (version 1) unless told otherwise.
+        "-global",
+        "virtio-mmio.force-legacy=false",
         "-serial",
         "stdio",
     ]
@@ -70,11 +73,9 @@ pub fn qemu_args(config: &MachineConfig, accel: Accel, vhost_socket: &Path) -> V
     args.push(cmdline);
     args.push("-chardev".into());
     args.push(format!("socket,id=vsock,path={}", vhost_socket.display()));
+    // The guest CID comes from the backend (vhost-user config space), not from QEMU.
     args.push("-device".into());
-    args.push(format!(
-        "vhost-user-vsock-device,chardev=vsock,guest-cid={}",
-        config.guest_cid
-    ));
+    args.push("vhost-user-vsock-device,chardev=vsock".into());
     for (i, disk) in config.disks.iter().enumerate() {
         args.push("-drive".into());
         args.push(format!(
@@ -131,7 +132,10 @@ pub fn run(config: &MachineConfig, accel: Accel) -> Result<(ExitReason, PanicWat
     let args = qemu_args(config, accel, &vhost_socket);
     info!("starting {} {}", qemu.display(), args.join(" "));
     let mut cmd = Command::new(&qemu);
-    cmd.args(&args).stdin(Stdio::null()).stdout(Stdio::piped());
+    cmd.args(&args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe: QEMU gets SIGKILL when the thread
     // that started it (and so the supervisor) dies, even by SIGKILL.
     unsafe {
@@ -143,6 +147,20 @@ pub fn run(config: &MachineConfig, accel: Accel) -> Result<(ExitReason, PanicWat
     let mut child = cmd
         .spawn()
         .map_err(|source| MachineError::Spawn { what: QEMU, source })?;
+    let last_error = child.stderr.take().map(|err| {
+        std::thread::spawn(move || {
+            // QEMU's messages go on to the supervisor log; the last one explains a failure.
+            let mut last = String::new();
+            for line in std::io::BufRead::lines(std::io::BufReader::new(err)).map_while(Result::ok)
+            {
+                eprintln!("{line}");
+                if !line.trim().is_empty() {
+                    last = line;
+                }
+            }
+            last
+        })
+    });
     if let Some(mut out) = child.stdout.take() {
         let mut buf = [0u8; 4096];
         loop {
@@ -164,11 +182,16 @@ pub fn run(config: &MachineConfig, accel: Accel) -> Result<(ExitReason, PanicWat
     let status = child
         .wait()
         .map_err(|source| MachineError::Spawn { what: QEMU, source })?;
+    let last_error = last_error
+        .and_then(|t| t.join().ok())
+        .filter(|l| !l.is_empty())
+        .map(|l| format!(": {l}"))
+        .unwrap_or_default();
     let reason = match status.code() {
         // With -no-reboot, a guest reboot (or reset) ends QEMU with status 0.
         Some(0) => ExitReason::Reboot,
-        Some(code) => ExitReason::VmmError(format!("{QEMU} exited with status {code}")),
-        None => ExitReason::VmmError(format!("{QEMU} was killed ({status})")),
+        Some(code) => ExitReason::VmmError(format!("{QEMU} exited with status {code}{last_error}")),
+        None => ExitReason::VmmError(format!("{QEMU} was killed ({status}){last_error}")),
     };
     let _ = std::fs::remove_file(&vhost_socket);
     Ok((reason, watch))
@@ -217,7 +240,7 @@ mod tests {
         assert!(args.contains("-no-reboot"));
         assert!(args.contains("-accel tcg -cpu max"));
         assert!(args.contains("-append console=ttyS0 reboot=t panic=1 pci=off quiet"));
-        assert!(args.contains("vhost-user-vsock-device,chardev=vsock,guest-cid=3"));
+        assert!(args.contains("vhost-user-vsock-device,chardev=vsock"));
         assert!(args.contains("file=/img/root.ext4,format=raw,if=none,readonly=on"));
         assert!(args.contains("-smp 2"));
     }
