@@ -7,6 +7,7 @@ pub mod agent;
 pub mod backend;
 pub mod bridge;
 pub mod init;
+pub mod keyctl;
 pub mod keys;
 pub mod reaper;
 pub mod request_key;

@@ -2,11 +2,12 @@
 //!
 //! `capsule helper dns-resolver` answers the guest kernel's `dns_resolver` key requests from
 //! the host's resolver: it reads the upcall request (JSON, see `vmm::upcall`) on stdin and
-//! prints the addresses of the host name in the request's description, comma-separated, which
-//! is the payload format of the kernel's dns_resolver key type. It fails (and the key is
-//! negated) when the name does not resolve.
+//! prints the addresses of the host name in the request's description, comma-separated and
+//! NUL-terminated, which is the text payload format of the kernel's dns_resolver key type
+//! (`dns_resolver_preparse` refuses a payload without the NUL). It fails (and the key is negated)
+//! when the name does not resolve.
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::net::{IpAddr, ToSocketAddrs};
 use std::process::ExitCode;
 
@@ -36,8 +37,16 @@ pub fn run(args: HelperArgs) -> ExitCode {
     match args.helper {
         Helper::DnsResolver => match dns_resolver() {
             Ok(answer) => {
-                print!("{answer}");
-                ExitCode::SUCCESS
+                let mut out = std::io::stdout().lock();
+                match out
+                    .write_all(answer.as_bytes())
+                    .and_then(|_| out.write_all(b"\0"))
+                {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => {
+                        super::fail(&anyhow::Error::new(e).context("cannot write the answer"))
+                    }
+                }
             }
             Err(e) => super::fail(&e),
         },
