@@ -125,7 +125,9 @@ pub fn hybrid_handshake(
         match s.read(&mut b) {
             Ok(0) => {
                 return Err(hs(
-                    "connection closed before OK (nothing listening on that port?)".into(),
+                    "the guest did not accept the connection (nothing listening on that port, \
+                     or the guest is not running or not answering)"
+                        .into(),
                 ))
             }
             Ok(_) if b[0] == b'\n' => break,

@@ -5,6 +5,7 @@
 //! printed, never as passed.
 
 pub mod capsule;
+pub mod cli;
 pub mod guests;
 pub mod qemu;
 pub mod tier;
