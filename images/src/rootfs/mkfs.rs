@@ -197,6 +197,10 @@ fn used_inodes(listing: &str) -> Option<Vec<u64>> {
     let mut free = vec![false; count as usize + 1];
     let mut groups = 0;
     for line in listing.lines() {
+        // Group lines are indented; the unindented "Free inodes:" in the header is a count.
+        if !line.starts_with(' ') {
+            continue;
+        }
         let Some(list) = line.trim_start().strip_prefix("Free inodes:") else {
             continue;
         };
@@ -271,6 +275,7 @@ mod tests {
     #[test]
     fn reads_used_inodes_from_dumpe2fs() {
         let listing = "Inode count:              32\nInodes per group:         16\n\
+                       Free inodes:              13\n\
                        First inode:              11\n\
                        Group 0: (Blocks 0-99)\n  Free inodes: 14-16\n\
                        Group 1: (Blocks 100-199)\n  Free inodes: 17-20, 22-32\n";

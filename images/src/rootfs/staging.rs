@@ -22,6 +22,8 @@ const MAX_SYMLINKS: u32 = 40;
 const PROGRESS_BYTES: u64 = 64 << 20;
 /// ... or every this many entries.
 const PROGRESS_ENTRIES: u64 = 10_000;
+/// Size of the buffer file contents are copied through.
+const COPY_BUF: usize = 256 * 1024;
 
 /// Ownership, permissions and modification time of one entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -125,6 +127,8 @@ pub struct Staging {
     reported: StageCounts,
     /// Owners that could not be applied because we are not root.
     dropped_owners: u64,
+    /// Copy buffer, reused across files.
+    buf: Vec<u8>,
 }
 
 impl Staging {
@@ -152,6 +156,7 @@ impl Staging {
             counts: StageCounts::default(),
             reported: StageCounts::default(),
             dropped_owners: 0,
+            buf: Vec::new(),
         }
     }
 
@@ -234,9 +239,28 @@ impl Staging {
             .custom_flags(libc::O_NOFOLLOW)
             .open(&dest)
             .map_err(|e| self.write_err("create", path, e))?;
-        let mut buf = vec![0u8; 256 * 1024];
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.resize(COPY_BUF, 0);
+        let result = self.copy_into(&mut file, data, &mut buf, path);
+        self.buf = buf;
+        result?;
+        self.apply_owner_fd(&file, path, meta)?;
+        file.set_permissions(fs::Permissions::from_mode(meta.mode & 0o7777))
+            .map_err(|e| io_err("set the mode of", path, e))?;
+        set_mtime(&dest, meta.mtime).map_err(|e| io_err("set the time of", path, e))?;
+        self.created(dest);
+        Ok(())
+    }
+
+    fn copy_into(
+        &mut self,
+        file: &mut File,
+        data: &mut dyn Read,
+        buf: &mut [u8],
+        path: &Path,
+    ) -> Result<(), StagingError> {
         loop {
-            let n = match data.read(&mut buf) {
+            let n = match data.read(buf) {
                 Ok(0) => break,
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -246,11 +270,6 @@ impl Staging {
                 .map_err(|e| self.write_err("write", path, e))?;
             self.counts.bytes += n as u64;
         }
-        self.apply_owner_fd(&file, path, meta)?;
-        file.set_permissions(fs::Permissions::from_mode(meta.mode & 0o7777))
-            .map_err(|e| io_err("set the mode of", path, e))?;
-        set_mtime(&dest, meta.mtime).map_err(|e| io_err("set the time of", path, e))?;
-        self.created(dest);
         Ok(())
     }
 
