@@ -4,6 +4,7 @@
 #   vmlinux         the container-object kernel (guest-kernel-config/build.sh, cached by input hash)
 #   initramfs.cpio  the guest agent (static) as /init, Debian's static busybox, /sbin/request-key
 # Usage: scripts/build-guest.sh [--print-dir]
+# CAPSULE_KERNEL_DIR=DIR uses DIR/vmlinux instead of building the kernel (for kernel development).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 print_dir=0

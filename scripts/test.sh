@@ -9,8 +9,11 @@ step() { printf '\n==> %s\n' "$*"; }
 step "dependencies"
 ./scripts/install-deps.sh
 
-step "guest kernel (guest-kernel-config/build.sh: a cache hit unless its inputs changed)"
-./guest-kernel-config/build.sh
+step "default guest: kernel (cached by input hash), static agent, initramfs"
+./scripts/build-guest.sh
+
+step "test tiers on this machine"
+cargo run -q -p capsule-tests --bin capsule-tiers
 
 step "cargo fmt --check"
 cargo fmt --all -- --check

@@ -1,6 +1,7 @@
-//! Tier T2: the container commands end to end, as a user runs them, on the QEMU backend
-//! (software CPU) with the real patched guest kernel and guest agent: the whole chain of
-//! issue 5, and each fault a user can meet.
+//! The container commands end to end, as a user runs them, with the real patched guest kernel
+//! and guest agent: the whole chain of issue 5 and each fault a user can meet on the QEMU backend
+//! (tier T2, software CPU), and the chain again on capsule's own KVM VMM (tier T3: hardware KVM
+//! only, where a Linux guest boots at full speed).
 //!
 //! The default guest must have been built (`scripts/build-guest.sh`, which the test suite runs
 //! first); a missing guest is a failure, not a skip.
@@ -15,7 +16,16 @@ use capsule_tests::tier::{run_tier_tests, Tier, TierTest};
 
 /// Creates a VM on the QEMU backend (the one every machine can run) and checks it started.
 fn create(cli: &CapsuleCli, name: &str, extra: &[&str]) -> Result<Outcome, String> {
-    let mut args = vec!["create", name, "--backend", "qemu-tcg"];
+    create_on(cli, name, "qemu-tcg", extra)
+}
+
+fn create_on(
+    cli: &CapsuleCli,
+    name: &str,
+    backend: &str,
+    extra: &[&str],
+) -> Result<Outcome, String> {
+    let mut args = vec!["create", name, "--backend", backend];
     args.extend_from_slice(extra);
     let out = cli.run(&args)?;
     out.expect_code(0)?;
@@ -52,12 +62,12 @@ fn free_port() -> Result<u16, String> {
 /// create → exec with stdio and exit codes → env/cwd/user → freeze/thaw → port-forward to a
 /// server in the container → key added before start read inside → DNS upcall answered by the
 /// host helper → `ls` of the VM's containers → stop.
-fn chain() -> Result<(), String> {
-    let cli = CapsuleCli::new("t2-chain")?;
+fn chain_on(backend: &str) -> Result<(), String> {
+    let cli = CapsuleCli::new(&format!("chain-{backend}"))?;
     let secret = cli.state_dir().join("secret");
     std::fs::write(&secret, b"open sesame").map_err(|e| e.to_string())?;
     let key = format!("user:greeting={}", secret.display());
-    create(&cli, "web", &["--key", &key])?;
+    create_on(&cli, "web", backend, &["--key", &key])?;
 
     // stdin, stdout, stderr and the exit code, each on its own stream.
     let out = cli.run_with_input(
@@ -219,6 +229,14 @@ fn chain() -> Result<(), String> {
         .expect_stderr_has(&["web is stopped"])?;
     cli.run(&["rm", "web"])?.expect_code(0)?;
     Ok(())
+}
+
+fn chain_qemu() -> Result<(), String> {
+    chain_on("qemu-tcg")
+}
+
+fn chain_kvm() -> Result<(), String> {
+    chain_on("kvm")
 }
 
 fn http_get(port: u16) -> Result<String, String> {
@@ -520,8 +538,13 @@ fn main() {
     run_tier_tests(vec![
         t(
             "container_chain_create_exec_freeze_forward_keys_dns_ls_stop",
-            chain,
+            chain_qemu,
         ),
+        TierTest {
+            name: "container_chain_on_the_kvm_backend",
+            tier: Tier::T3,
+            run: chain_kvm,
+        },
         t("fault_unknown_vm_name", unknown_vm_name),
         t("fault_name_already_in_use", name_already_in_use),
         t("fault_exec_missing_binary_is_enoent", exec_missing_binary),
