@@ -102,6 +102,12 @@ pub fn detached_mount(spec: &MountSpec, extra: &dyn Fn(&OwnedFd) -> Result<()>) 
         BackendError::new(e, format!("file system type {:?}", spec.fstype)).field("fstype")
     })?;
     extra(&fs)?;
+    if opts.attrs & sys::MOUNT_ATTR_RDONLY != 0 {
+        // A read-only mount of a read-write superblock still opens the device for writing, which
+        // a write-protected disk refuses (EACCES): the superblock itself must be read-only.
+        sys::fsconfig_set(fs.as_raw_fd(), c"ro", None)
+            .map_err(|e| BackendError::new(e, "read-only superblock").field("options"))?;
+    }
     if !spec.source.is_empty() && spec.source != "none" {
         sys::fsconfig_set(fs.as_raw_fd(), c"source", Some(&src))
             .map_err(|e| BackendError::new(e, format!("source {}", spec.source)).field("source"))?;
