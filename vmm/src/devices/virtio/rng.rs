@@ -2,40 +2,25 @@
 //! getrandom(2).
 
 use std::io;
-use std::sync::Arc;
 
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use log::warn;
-use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use virtio_queue::{QueueOwnedT, QueueT};
 use vm_memory::Bytes;
-use vmm_sys_util::epoll::EventSet;
-use vmm_sys_util::eventfd::EventFd;
 
-use super::{
-    device_type, ActivateContext, ActivateError, IrqKind, IrqTrigger, VirtioDevice,
-    VIRTIO_F_VERSION_1,
-};
-use crate::memory::GuestMemoryMmap;
+use super::single_queue::SingleQueue;
+use super::{device_type, ActivateContext, ActivateError, VirtioDevice, VIRTIO_F_VERSION_1};
 
 const QUEUE_SIZE: u16 = 256;
 /// Upper bound on the entropy handed out per request, so one request cannot make the VMM
 /// spend unbounded time.
 const MAX_BYTES_PER_REQUEST: usize = 64 * 1024;
 
-const ACTIVATE_EVENT: u32 = 0;
-const QUEUE_EVENT: u32 = 1;
-
-struct Active {
-    mem: GuestMemoryMmap,
-    queue: Queue,
-    queue_evt: EventFd,
-    irq: Arc<IrqTrigger>,
-}
+const NAME: &str = "virtio-rng";
 
 /// The entropy device.
 pub struct Rng {
-    activate_evt: EventFd,
-    active: Option<Active>,
+    queue: SingleQueue,
     acked_features: u64,
     /// Bytes handed to the guest, for diagnostics.
     bytes_served: u64,
@@ -44,8 +29,7 @@ pub struct Rng {
 impl Rng {
     pub fn new() -> io::Result<Self> {
         Ok(Self {
-            activate_evt: EventFd::new(libc::EFD_NONBLOCK)?,
-            active: None,
+            queue: SingleQueue::new(NAME)?,
             acked_features: 0,
             bytes_served: 0,
         })
@@ -57,7 +41,7 @@ impl Rng {
 
     /// Serves every available request; returns whether any buffer was used.
     fn process_queue(&mut self) -> bool {
-        let Some(active) = self.active.as_mut() else {
+        let Some(active) = self.queue.active_mut() else {
             return false;
         };
         let mut used_any = false;
@@ -106,14 +90,6 @@ impl Rng {
         }
         used_any
     }
-
-    fn signal_used(&self) {
-        if let Some(active) = &self.active {
-            if let Err(e) = active.irq.trigger(IrqKind::Vring) {
-                warn!("virtio-rng: cannot raise interrupt: {e}");
-            }
-        }
-    }
 }
 
 fn fill_random(buf: &mut [u8]) -> io::Result<()> {
@@ -157,33 +133,15 @@ impl VirtioDevice for Rng {
     }
 
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
-        let ActivateContext {
-            mem,
-            queues,
-            queue_evts,
-            irq,
-        } = ctx;
-        let got = queues.len();
-        let (Some(queue), Some(queue_evt)) =
-            (queues.into_iter().next(), queue_evts.into_iter().next())
-        else {
-            return Err(ActivateError::QueueCount { expected: 1, got });
-        };
-        self.active = Some(Active {
-            mem,
-            queue,
-            queue_evt,
-            irq,
-        });
-        self.activate_evt.write(1).map_err(ActivateError::Event)
+        self.queue.activate(ctx)
     }
 
     fn is_activated(&self) -> bool {
-        self.active.is_some()
+        self.queue.is_active()
     }
 
     fn reset(&mut self) -> bool {
-        self.active = None;
+        self.queue.reset();
         self.acked_features = 0;
         true
     }
@@ -191,41 +149,14 @@ impl VirtioDevice for Rng {
 
 impl MutEventSubscriber for Rng {
     fn init(&mut self, ops: &mut EventOps) {
-        if let Err(e) = ops.add(Events::with_data(
-            &self.activate_evt,
-            ACTIVATE_EVENT,
-            EventSet::IN,
-        )) {
-            warn!("virtio-rng: cannot watch the activation event: {e}");
-        }
+        self.queue.init(ops);
     }
 
     fn process(&mut self, events: Events, ops: &mut EventOps) {
-        match events.data() {
-            ACTIVATE_EVENT => {
-                let _ = self.activate_evt.read();
-                if let Some(active) = &self.active {
-                    if let Err(e) = ops.add(Events::with_data(
-                        &active.queue_evt,
-                        QUEUE_EVENT,
-                        EventSet::IN,
-                    )) {
-                        warn!("virtio-rng: cannot watch the queue: {e}");
-                    }
-                }
+        if self.queue.handle(events, ops) && self.process_queue() {
+            if let Some(active) = self.queue.active_mut() {
+                active.signal_used(NAME);
             }
-            QUEUE_EVENT => {
-                let Some(active) = &self.active else {
-                    // Reset while the event was pending: stop watching the stale eventfd.
-                    let _ = ops.remove(events);
-                    return;
-                };
-                let _ = active.queue_evt.read();
-                if self.process_queue() {
-                    self.signal_used();
-                }
-            }
-            other => warn!("virtio-rng: unexpected event {other}"),
         }
     }
 }
@@ -233,9 +164,13 @@ impl MutEventSubscriber for Rng {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::devices::virtio::IrqTrigger;
+    use crate::memory::GuestMemoryMmap;
+    use std::sync::Arc;
     use virtio_queue::desc::{split::Descriptor, RawDescriptor};
     use virtio_queue::mock::MockSplitQueue;
     use vm_memory::GuestAddress;
+    use vmm_sys_util::eventfd::EventFd;
 
     fn activate(rng: &mut Rng, mem: &GuestMemoryMmap, vq: &MockSplitQueue<GuestMemoryMmap>) {
         let ctx = ActivateContext {

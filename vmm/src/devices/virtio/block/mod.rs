@@ -11,7 +11,6 @@ pub mod request;
 
 use std::io;
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use log::{debug, warn};
@@ -22,17 +21,13 @@ use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_WRITE_ZEROES,
     VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP,
 };
-use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use virtio_queue::{QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestAddress};
-use vmm_sys_util::epoll::EventSet;
-use vmm_sys_util::eventfd::EventFd;
 
 use self::disk::{Disk, DiskError, SegCursor, SECTOR_SIZE};
 use self::request::{ParseError, Request};
-use super::{
-    device_type, ActivateContext, ActivateError, IrqKind, IrqTrigger, VirtioDevice,
-    VIRTIO_F_VERSION_1,
-};
+use super::single_queue::SingleQueue;
+use super::{device_type, ActivateContext, ActivateError, VirtioDevice, VIRTIO_F_VERSION_1};
 use crate::memory::GuestMemoryMmap;
 
 pub use self::disk::OpenError;
@@ -53,8 +48,7 @@ const DISCARD_SEG_SIZE: u64 = 16;
 /// Size of the configuration space we expose (through `write_zeroes_may_unmap`).
 const CONFIG_SIZE: usize = 60;
 
-const ACTIVATE_EVENT: u32 = 0;
-const QUEUE_EVENT: u32 = 1;
+const NAME: &str = "virtio-blk";
 
 /// How to back a block device.
 #[derive(Debug, Clone)]
@@ -97,13 +91,6 @@ pub struct BlockStats {
     pub failed: u64,
 }
 
-struct Active {
-    mem: GuestMemoryMmap,
-    queue: Queue,
-    queue_evt: EventFd,
-    irq: Arc<IrqTrigger>,
-}
-
 /// The block device.
 pub struct Block {
     disk: Disk,
@@ -111,8 +98,7 @@ pub struct Block {
     config: [u8; CONFIG_SIZE],
     avail_features: u64,
     acked_features: u64,
-    activate_evt: EventFd,
-    active: Option<Active>,
+    queue: SingleQueue,
     stats: BlockStats,
 }
 
@@ -167,8 +153,7 @@ impl Block {
             config: space,
             avail_features,
             acked_features: 0,
-            activate_evt: EventFd::new(libc::EFD_NONBLOCK).map_err(BlockError::Event)?,
-            active: None,
+            queue: SingleQueue::new(NAME).map_err(BlockError::Event)?,
             stats: BlockStats::default(),
         })
     }
@@ -189,7 +174,7 @@ impl Block {
     /// Serves every available request and returns whether any was completed. The event loop
     /// calls this when the driver notifies the queue; benchmarks and tests call it directly.
     pub fn process_queue(&mut self) -> bool {
-        let Some(active) = self.active.as_mut() else {
+        let Some(active) = self.queue.active_mut() else {
             return false;
         };
         let mem = &active.mem;
@@ -239,14 +224,6 @@ impl Block {
             used_any = true;
         }
         used_any
-    }
-
-    fn signal_used(&self) {
-        if let Some(active) = &self.active {
-            if let Err(e) = active.irq.trigger(IrqKind::Vring) {
-                warn!("virtio-blk: cannot raise interrupt: {e}");
-            }
-        }
     }
 }
 
@@ -476,33 +453,15 @@ impl VirtioDevice for Block {
     }
 
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
-        let ActivateContext {
-            mem,
-            queues,
-            queue_evts,
-            irq,
-        } = ctx;
-        let got = queues.len();
-        let (Some(queue), Some(queue_evt)) =
-            (queues.into_iter().next(), queue_evts.into_iter().next())
-        else {
-            return Err(ActivateError::QueueCount { expected: 1, got });
-        };
-        self.active = Some(Active {
-            mem,
-            queue,
-            queue_evt,
-            irq,
-        });
-        self.activate_evt.write(1).map_err(ActivateError::Event)
+        self.queue.activate(ctx)
     }
 
     fn is_activated(&self) -> bool {
-        self.active.is_some()
+        self.queue.is_active()
     }
 
     fn reset(&mut self) -> bool {
-        self.active = None;
+        self.queue.reset();
         self.acked_features = 0;
         true
     }
@@ -510,41 +469,14 @@ impl VirtioDevice for Block {
 
 impl MutEventSubscriber for Block {
     fn init(&mut self, ops: &mut EventOps) {
-        if let Err(e) = ops.add(Events::with_data(
-            &self.activate_evt,
-            ACTIVATE_EVENT,
-            EventSet::IN,
-        )) {
-            warn!("virtio-blk: cannot watch the activation event: {e}");
-        }
+        self.queue.init(ops);
     }
 
     fn process(&mut self, events: Events, ops: &mut EventOps) {
-        match events.data() {
-            ACTIVATE_EVENT => {
-                let _ = self.activate_evt.read();
-                if let Some(active) = &self.active {
-                    if let Err(e) = ops.add(Events::with_data(
-                        &active.queue_evt,
-                        QUEUE_EVENT,
-                        EventSet::IN,
-                    )) {
-                        warn!("virtio-blk: cannot watch the queue: {e}");
-                    }
-                }
+        if self.queue.handle(events, ops) && self.process_queue() {
+            if let Some(active) = self.queue.active_mut() {
+                active.signal_used(NAME);
             }
-            QUEUE_EVENT => {
-                let Some(active) = &self.active else {
-                    // Reset while the event was pending: stop watching the stale eventfd.
-                    let _ = ops.remove(events);
-                    return;
-                };
-                let _ = active.queue_evt.read();
-                if self.process_queue() {
-                    self.signal_used();
-                }
-            }
-            other => warn!("virtio-blk: unexpected event {other}"),
         }
     }
 }

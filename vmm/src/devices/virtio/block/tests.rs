@@ -11,6 +11,9 @@ use virtio_queue::mock::MockSplitQueue;
 use vm_memory::GuestAddress;
 
 use super::*;
+use crate::devices::virtio::IrqTrigger;
+use std::sync::Arc;
+use vmm_sys_util::eventfd::EventFd;
 
 const WRITE: u16 = 0x2;
 const HDR: u64 = 0x1_0000;
