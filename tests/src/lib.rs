@@ -9,3 +9,4 @@ pub mod cli;
 pub mod guests;
 pub mod qemu;
 pub mod tier;
+pub mod vsock_echo;

@@ -104,15 +104,18 @@ pub fn connect_nonblocking(path: &Path) -> io::Result<UnixStream> {
     Ok(UnixStream::from(owned))
 }
 
-/// One non-blocking `send(2)` of `buf`, with MSG_NOSIGNAL so a closed peer is an EPIPE error
-/// rather than a signal.
-pub fn send_bytes(stream: &UnixStream, buf: &[u8]) -> io::Result<usize> {
-    // SAFETY: `buf` is valid for reads of `buf.len()` bytes for the whole call.
+/// One non-blocking `send(2)` of `len` bytes at `ptr`, with MSG_NOSIGNAL so a closed peer is an
+/// EPIPE error rather than a signal.
+///
+/// # Safety
+/// `ptr` must be valid for reads of `len` bytes for the duration of the call.
+unsafe fn send_raw(stream: &UnixStream, ptr: *const u8, len: usize) -> io::Result<usize> {
+    // SAFETY: the caller guarantees `ptr` is readable for `len` bytes; the kernel copies them.
     let n = unsafe {
         libc::send(
             stream.as_raw_fd(),
-            buf.as_ptr().cast(),
-            buf.len(),
+            ptr.cast(),
+            len,
             libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
         )
     };
@@ -123,6 +126,12 @@ pub fn send_bytes(stream: &UnixStream, buf: &[u8]) -> io::Result<usize> {
     }
 }
 
+/// One non-blocking send of `buf` (see [`send_raw`]).
+pub fn send_bytes(stream: &UnixStream, buf: &[u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is valid for reads of `buf.len()` bytes for the whole call.
+    unsafe { send_raw(stream, buf.as_ptr(), buf.len()) }
+}
+
 /// [`send_bytes`] straight from guest memory.
 pub fn send_volatile<B: BitmapSlice>(
     stream: &UnixStream,
@@ -131,19 +140,7 @@ pub fn send_volatile<B: BitmapSlice>(
     let guard = buf.ptr_guard();
     // SAFETY: the guard keeps `buf.len()` bytes at `guard.as_ptr()` mapped and readable for the
     // call; the kernel copies from them, so concurrent guest writes can only change the data sent.
-    let n = unsafe {
-        libc::send(
-            stream.as_raw_fd(),
-            guard.as_ptr().cast(),
-            buf.len(),
-            libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
-        )
-    };
-    if n < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
-    }
+    unsafe { send_raw(stream, guard.as_ptr(), buf.len()) }
 }
 
 #[cfg(test)]

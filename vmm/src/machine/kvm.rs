@@ -1,25 +1,15 @@
 //! The KVM backend: capsule's own VMM, in this process.
 
-use std::fs::File;
-
 use super::{MachineConfig, MachineError};
 use crate::builder::{MicroVm, VmConfig};
-use crate::console::{ConsoleLog, PanicWatch};
+use crate::console::PanicWatch;
 use crate::devices::virtio::block::BlockConfig;
 use crate::exit::ExitReason;
 use crate::host::{GuestProfile, KvmFlavor};
 
 /// Builds the VM for `config` and runs it until the guest ends.
 pub fn run(config: &MachineConfig) -> Result<(ExitReason, PanicWatch), MachineError> {
-    let file = File::options()
-        .create(true)
-        .append(true)
-        .open(&config.console)
-        .map_err(|source| MachineError::Console {
-            path: config.console.clone(),
-            source,
-        })?;
-    let console = ConsoleLog::new(file);
+    let console = super::open_console(&config.console)?;
     let watch = console.watch();
     let vm = MicroVm::build(VmConfig {
         kernel: config.kernel.clone(),

@@ -133,6 +133,19 @@ fn select_backend_for(
     }
 }
 
+/// Opens the guest console log for appending (a VM that is created again keeps its history).
+fn open_console(path: &Path) -> Result<crate::console::ConsoleLog, MachineError> {
+    std::fs::File::options()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map(crate::console::ConsoleLog::new)
+        .map_err(|source| MachineError::Console {
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
 /// How a machine run ended, with the console's panic line if the guest kernel panicked.
 pub struct MachineEnd {
     pub reason: ExitReason,

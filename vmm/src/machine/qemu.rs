@@ -1,7 +1,6 @@
 //! The QEMU backend: QEMU's microvm machine with capsule's vsock device served over vhost-user,
 //! so host programs use the same hybrid-vsock socket as with capsule's own VMM.
 
-use std::fs::File;
 use std::io::Read;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
@@ -11,7 +10,7 @@ use std::time::{Duration, Instant};
 use log::{info, warn};
 
 use super::{MachineConfig, MachineError};
-use crate::console::{ConsoleLog, PanicWatch};
+use crate::console::PanicWatch;
 use crate::exit::ExitReason;
 
 const QEMU: &str = "qemu-system-x86_64";
@@ -118,15 +117,7 @@ pub fn run(config: &MachineConfig, accel: Accel) -> Result<(ExitReason, PanicWat
         })?;
     wait_for_socket(&vhost_socket)?;
 
-    let console_file = File::options()
-        .create(true)
-        .append(true)
-        .open(&config.console)
-        .map_err(|source| MachineError::Console {
-            path: config.console.clone(),
-            source,
-        })?;
-    let mut console = ConsoleLog::new(console_file);
+    let mut console = super::open_console(&config.console)?;
     let watch = console.watch();
 
     let args = qemu_args(config, accel, &vhost_socket);
