@@ -91,7 +91,9 @@ impl<'a> Harness<'a> {
     }
 
     fn with_device(mem: &'a GuestMemoryMmap, mut dev: Block) -> Self {
-        let vq = MockSplitQueue::new(mem, 16);
+        // 256 entries: the mock lays its used ring out only `len` bytes after the avail ring
+        // entries, so with a small queue the two overlap after a few requests.
+        let vq = MockSplitQueue::new(mem, QUEUE_SIZE);
         dev.ack_features(dev.avail_features());
         dev.activate(ActivateContext {
             mem: mem.clone(),
