@@ -67,8 +67,9 @@ int main(void)
 	fd = container_create("ct-killpid", CONTAINER_NEW_PID_NS | CONTAINER_FD_CLOEXEC);
 	init = start(fd, sleeper);
 	member = start(fd, sleeper);
-	ct_ok(container_kill(fd, SIGKILL) == 0 && ct_killed_by(ct_wait_timeout(init, 5000), SIGKILL) &&
-	      ct_killed_by(ct_wait_timeout(member, 5000), SIGKILL),
+	/* The pid-1 init finishes exiting once the member is reaped: reap that first. */
+	ct_ok(container_kill(fd, SIGKILL) == 0 && ct_killed_by(ct_wait_timeout(member, 5000), SIGKILL) &&
+	      ct_killed_by(ct_wait_timeout(init, 5000), SIGKILL),
 	      "container_kill(SIGKILL) kills everyone, the pid-1 init too");
 	ct_ok(!strcmp(ct_state("ct-killpid"), "dead"), "the container is dead");
 	close(fd);

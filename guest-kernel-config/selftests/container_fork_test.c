@@ -101,9 +101,14 @@ int main(void)
 	pfd = (struct pollfd){ .fd = fd, .events = POLLIN };
 	ct_ok(poll(&pfd, 1, 0) == 0, "poll() reports nothing while init lives");
 	kill(init, SIGKILL);
-	ct_ok(ct_killed_by(ct_wait(init), SIGKILL), "init killed");
+	/*
+	 * A pid namespace's init finishes exiting only once every other
+	 * process of the namespace is reaped, and the member is our child:
+	 * reap it first.
+	 */
 	ct_ok(ct_killed_by(ct_wait_timeout(member, 5000), SIGKILL),
 	      "init's death killed the other member");
+	ct_ok(ct_killed_by(ct_wait_timeout(init, 5000), SIGKILL), "init killed");
 	ct_ok(poll(&pfd, 1, 5000) == 1 && (pfd.revents & (POLLIN | POLLHUP)) == (POLLIN | POLLHUP),
 	      "poll() reports POLLIN|POLLHUP after init died (%x)", pfd.revents);
 	CT_ERR(fork_into_container(fd), ECANCELED, "forking into a dead container gives ECANCELED");

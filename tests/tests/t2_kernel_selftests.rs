@@ -167,6 +167,29 @@ fn init_script(order: &[String]) -> String {
     s
 }
 
+/// Adds the dynamically linked host program `host` as `dest`, with the shared libraries that
+/// `ldd` lists for it at their host paths (mount_setattr_test runs mkfs.ext4).
+fn add_dynamic(fs: &mut Initramfs, host: &Path, dest: &str) -> Result<(), String> {
+    let err = |e: images::InitramfsError| e.to_string();
+    fs.file_from_host(host, dest, Some(0o755)).map_err(err)?;
+    let out = Command::new("ldd")
+        .arg(host)
+        .output()
+        .map_err(|e| format!("running ldd {}: {e}", host.display()))?;
+    if !out.status.success() {
+        return Err(format!("ldd {} failed", host.display()));
+    }
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        if let Some(lib) = line.split_whitespace().find(|t| t.starts_with('/')) {
+            if !fs.paths().map_err(err)?.iter().any(|p| p == &lib[1..]) {
+                fs.file_from_host(Path::new(lib), lib, Some(0o755))
+                    .map_err(err)?;
+            }
+        }
+    }
+    Ok(())
+}
+
 fn initramfs(bin: &Path, order: &[String], out: &Path) -> Result<(), String> {
     let busybox = Path::new("/bin/busybox");
     let mut fs = Initramfs::new();
@@ -176,7 +199,7 @@ fn initramfs(bin: &Path, order: &[String], out: &Path) -> Result<(), String> {
     fs.symlink("busybox", "bin/sh").map_err(err)?;
     fs.file_bytes("init", init_script(order), 0o755)
         .map_err(err)?;
-    for dir in ["proc", "sys", "dev", "tmp", "sbin"] {
+    for dir in ["proc", "sys", "dev", "tmp", "sbin", "mnt"] {
         fs.dir(dir, 0o755).map_err(err)?;
     }
     fs.mknod("dev/console", DeviceKind::Char, 5, 1, 0o600)
@@ -191,6 +214,8 @@ fn initramfs(bin: &Path, order: &[String], out: &Path) -> Result<(), String> {
         fs.file_from_host(&bin.join(helper), &format!("sbin/{helper}"), Some(0o755))
             .map_err(err)?;
     }
+    add_dynamic(&mut fs, Path::new("/sbin/mke2fs"), "sbin/mke2fs")?;
+    fs.symlink("mke2fs", "sbin/mkfs.ext4").map_err(err)?;
     fs.write_file(out).map_err(err)
 }
 
