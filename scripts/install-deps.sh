@@ -12,6 +12,8 @@ packages=(
   busybox-static e2fsprogs erofs-utils zstd
   # hand-testing the vsock Unix socket
   socat
+  # guest-kernel-config/build.sh keeps the kernel tree in git (pristine + series)
+  git
 )
 
 missing=()
