@@ -16,7 +16,8 @@ use capsule_tests::qemu::QemuMicrovm;
 use capsule_tests::tier::{run_tier_tests, Tier, TierTest};
 use images::{DeviceKind, Initramfs};
 
-/// The container-object selftests, in run order (sources in guest-kernel-config/selftests).
+/// The container-object selftests and checks of the guest's config, in run order (sources in
+/// guest-kernel-config/selftests).
 const CONTAINER_TESTS: &[&str] = &[
     "container_create_test",
     "container_proc_test",
@@ -29,6 +30,7 @@ const CONTAINER_TESTS: &[&str] = &[
     "container_lsm_test",
     "keys_test",
     "boot_param_test",
+    "devices_test",
 ];
 
 /// The kernel's own selftests for the subsystems the series touches: (source below
@@ -219,11 +221,33 @@ fn initramfs(bin: &Path, order: &[String], out: &Path) -> Result<(), String> {
     fs.write_file(out).map_err(err)
 }
 
+/// Marker in the first sector of the test disk (devices_test.c checks it).
+const DISK_MARKER: &[u8] = b"CAPSULE-VIRTIO-BLK-TEST";
+
+/// A 1 MiB raw disk image whose first sector starts with DISK_MARKER.
+fn test_disk(path: &Path) -> Result<(), String> {
+    let mut image = vec![0u8; 1 << 20];
+    image[..DISK_MARKER.len()].copy_from_slice(DISK_MARKER);
+    std::fs::write(path, image).map_err(|e| format!("writing {}: {e}", path.display()))
+}
+
 fn boot(kernel: &Path, initrd: &Path, cmdline: &str, log: &Path) -> Result<String, String> {
+    let disk = log.with_file_name("disk.img");
+    test_disk(&disk)?;
     let run = QemuMicrovm::new(kernel.join("vmlinux"))
         .initrd(initrd)
         .cmdline(cmdline)
         .memory_mib(1024)
+        .extra_args([
+            "-drive".into(),
+            format!("file={},if=none,format=raw,id=disk0", disk.display()),
+        ])
+        .extra_args([
+            "-device",
+            "virtio-blk-device,drive=disk0",
+            "-device",
+            "virtio-rng-device",
+        ])
         .timeout(GUEST_TIMEOUT)
         .serial_log(log)
         .run()
