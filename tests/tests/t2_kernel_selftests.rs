@@ -111,13 +111,19 @@ fn cc(out: &Path, sources: &[PathBuf], flags: &[&str], includes: &[&Path]) -> Re
     Ok(())
 }
 
-/// Compiles every test program and helper into `bin`; returns the run order of the tests.
-fn compile(kernel: &Path, bin: &Path) -> Result<Vec<String>, String> {
+/// Compiles the given guest tests (from selftests/), kernel selftests and every helper into
+/// `bin`; returns the run order of the tests.
+fn compile(
+    kernel: &Path,
+    bin: &Path,
+    guest_tests: &[&str],
+    kernel_tests: &[(&str, &[&str])],
+) -> Result<Vec<String>, String> {
     let selftests = repo().join("guest-kernel-config/selftests");
     let uapi = repo().join("guest-kernel-config/include/uapi");
     let kinclude = kernel.join("include");
     let mut order = Vec::new();
-    for name in CONTAINER_TESTS {
+    for name in guest_tests {
         cc(
             &bin.join(name),
             &[selftests.join(format!("{name}.c"))],
@@ -126,7 +132,7 @@ fn compile(kernel: &Path, bin: &Path) -> Result<Vec<String>, String> {
         )?;
         order.push(name.to_string());
     }
-    for (source, flags) in KERNEL_TESTS {
+    for (source, flags) in kernel_tests {
         let src = kernel.join("kselftest").join(source);
         let name = Path::new(source)
             .file_stem()
@@ -276,7 +282,7 @@ fn all_selftests() -> Result<(), String> {
     let dir = scratch("t2-kernel-selftests")?;
     let bin = dir.join("bin");
     std::fs::create_dir_all(&bin).map_err(|e| e.to_string())?;
-    let order = compile(&kernel, &bin)?;
+    let order = compile(&kernel, &bin, CONTAINER_TESTS, KERNEL_TESTS)?;
     let initrd = dir.join("initramfs.cpio");
     initramfs(&bin, &order, &initrd)?;
     let serial = boot(&kernel, &initrd, BASE_CMDLINE, &dir.join("console.log"))?;
@@ -292,14 +298,7 @@ fn int3_selftest_parameter() -> Result<(), String> {
     let dir = scratch("t2-kernel-no-int3")?;
     let bin = dir.join("bin");
     std::fs::create_dir_all(&bin).map_err(|e| e.to_string())?;
-    let uapi = repo().join("guest-kernel-config/include/uapi");
-    let source = repo().join("guest-kernel-config/selftests/boot_param_test.c");
-    cc(&bin.join("boot_param_test"), &[source], &[], &[&uapi])?;
-    for helper in HELPERS {
-        let src = repo().join(format!("guest-kernel-config/selftests/helpers/{helper}.c"));
-        cc(&bin.join(helper), &[src], &[], &[])?;
-    }
-    let order = vec!["boot_param_test".to_string()];
+    let order = compile(&kernel, &bin, &["boot_param_test"], &[])?;
     let initrd = dir.join("initramfs.cpio");
     initramfs(&bin, &order, &initrd)?;
     let cmdline = format!("{BASE_CMDLINE} no_int3_selftest");
