@@ -13,6 +13,7 @@
 # package version, the fragment, every patch, the uapi header copy, this script and the compiler
 # version. An unchanged input is a cache hit and returns at once.
 # Work tree (kept for fast incremental rebuilds): ~/.cache/capsule/kernel-work/.
+# CAPSULE_CACHE=DIR puts both under DIR instead of ~/.cache/capsule (XDG_CACHE_HOME is honoured).
 set -euo pipefail
 # The whole script is one compound command, so bash reads it all before running it and an edit
 # to this file during a build cannot derail that build.
@@ -34,7 +35,7 @@ while [ $# -gt 0 ]; do
     --print-path) print_path=1 ;;
     --force) force=1 ;;
     --jobs) jobs=$2; shift ;;
-    -h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "build.sh: unknown argument '$1' (try --help)" >&2; exit 2 ;;
   esac
   shift
