@@ -19,7 +19,7 @@ use crate::arch::regs::BootMode;
 use crate::devices::bus::{Bus, BusError};
 use crate::devices::legacy::i8042::{I8042, I8042_DATA_PORT, I8042_PORT_LEN};
 use crate::devices::legacy::serial::{
-    ConsoleSink, SerialConsole, COM1_IRQ, COM1_PORT, COM1_PORT_LEN,
+    ConsoleInput, ConsoleSink, SerialConsole, COM1_IRQ, COM1_PORT, COM1_PORT_LEN,
 };
 use crate::devices::legacy::EventFdTrigger;
 use crate::devices::virtio::block::{Block, BlockConfig, BlockError};
@@ -50,6 +50,8 @@ pub struct VmConfig {
     pub vcpus: u32,
     pub memory_mib: u64,
     pub console: ConsoleSink,
+    /// Host input for the serial console (typed into the guest), if any.
+    pub console_input: Option<std::fs::File>,
     /// Attach a virtio-rng device.
     pub rng: bool,
     /// Attach a virtio-vsock device with this guest CID and hybrid Unix socket.
@@ -229,8 +231,18 @@ impl MicroVm {
 
         let serial_irq = eventfd("serial interrupt")?;
         vm.register_irqfd(&serial_irq, COM1_IRQ)?;
-        let serial = SerialConsole::new(EventFdTrigger::new(serial_irq), config.console);
-        io_bus.insert(COM1_PORT, COM1_PORT_LEN, Arc::new(Mutex::new(serial)))?;
+        let (serial, input_rearm) =
+            SerialConsole::new(EventFdTrigger::new(serial_irq), config.console)
+                .map_err(|e| BuildError::Resource("serial console", e))?;
+        let serial = Arc::new(Mutex::new(serial));
+        io_bus.insert(COM1_PORT, COM1_PORT_LEN, serial.clone())?;
+        if let Some(input) = config.console_input {
+            events.add_subscriber(Arc::new(Mutex::new(ConsoleInput::new(
+                serial,
+                input,
+                input_rearm,
+            ))));
+        }
 
         let reset_evt = eventfd("reset event")?;
         let i8042 = I8042::new(EventFdTrigger::new(

@@ -1,6 +1,7 @@
 //! `capsule run`: boot a kernel in a microVM in the foreground.
 
 use std::fs::File;
+use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -51,7 +52,8 @@ pub struct RunArgs {
     #[arg(long, value_name = "MiB", default_value_t = 128)]
     memory: u64,
 
-    /// Write the guest's serial console to this file instead of standard output.
+    /// Write the guest's serial console to this file instead of standard output (without it,
+    /// standard input is the console's input: type into the guest).
     #[arg(long, value_name = "PATH")]
     console: Option<PathBuf>,
 
@@ -91,12 +93,16 @@ pub fn run(args: RunArgs) -> ExitCode {
 }
 
 fn build(args: RunArgs) -> anyhow::Result<MicroVm> {
-    let console: ConsoleSink = match &args.console {
-        Some(path) => Box::new(
-            File::create(path)
-                .with_context(|| format!("cannot create console file {}", path.display()))?,
+    // A console on the terminal is interactive: what is typed goes to the guest's serial port.
+    let (console, console_input): (ConsoleSink, Option<File>) = match &args.console {
+        Some(path) => (
+            Box::new(
+                File::create(path)
+                    .with_context(|| format!("cannot create console file {}", path.display()))?,
+            ),
+            None,
         ),
-        None => Box::new(std::io::stdout()),
+        None => (Box::new(std::io::stdout()), interactive_stdin()?),
     };
     let profile = match args.guest_profile {
         ProfileChoice::Auto => GuestProfile::for_flavor(KvmFlavor::detect()),
@@ -110,6 +116,7 @@ fn build(args: RunArgs) -> anyhow::Result<MicroVm> {
         vcpus: args.cpus,
         memory_mib: args.memory,
         console,
+        console_input,
         rng: !args.no_rng,
         vsock: args
             .vsock_uds
@@ -132,5 +139,20 @@ fn parse_disk(spec: &str) -> BlockConfig {
         read_only,
         direct: false,
         id: None,
+    }
+}
+
+/// Standard input, when it is something a person or program can type into (a terminal, a pipe
+/// or a socket); `None` for files and /dev/null, which have nothing to wait for.
+fn interactive_stdin() -> anyhow::Result<Option<File>> {
+    let stdin = std::io::stdin();
+    let file_type = std::fs::File::from(stdin.as_fd().try_clone_to_owned()?)
+        .metadata()?
+        .file_type();
+    use std::os::unix::fs::FileTypeExt;
+    if std::io::IsTerminal::is_terminal(&stdin) || file_type.is_fifo() || file_type.is_socket() {
+        Ok(Some(stdin.as_fd().try_clone_to_owned()?.into()))
+    } else {
+        Ok(None)
     }
 }

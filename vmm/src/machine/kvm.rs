@@ -18,6 +18,7 @@ pub fn run(config: &MachineConfig) -> Result<(ExitReason, PanicWatch), MachineEr
         vcpus: config.vcpus,
         memory_mib: config.memory_mib,
         console: Box::new(console),
+        console_input: None,
         rng: true,
         vsock: Some(vsock::VsockConfig::new(
             u64::from(config.guest_cid),
