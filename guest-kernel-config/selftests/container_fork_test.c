@@ -74,7 +74,7 @@ int main(void)
 	char want[64];
 	int fd, dirfd, i, differ;
 
-	ct_plan(24);
+	ct_plan(25);
 
 	CT_ERR(fork_into_container(-1), EBADF, "a bad fd gives EBADF");
 	dirfd = open("/", O_RDONLY | O_CLOEXEC);
@@ -94,8 +94,7 @@ int main(void)
 	ct_ok(differ, "uts, ipc, net, pid, cgroup and mnt namespaces are the container's");
 	ct_ok(r1.ns[NNS - 1] == ct_ns_ino(0, "user"), "the user namespace is shared without NEW_USER_NS");
 	ct_ok(!memcmp(r1.ns, r2.ns, sizeof(r1.ns)), "members share the container's namespaces");
-	snprintf(want, sizeof(want), "/container-%llu", ct_id("ct-fork"));
-	ct_ok(strstr(r1.cgroup, want) != NULL, "the child is in the container's cgroup (%s)", r1.cgroup);
+	ct_ok(!strcmp(r1.cgroup, "0::/"), "NEW_CGROUP_NS is rooted at the container's cgroup (%s)", r1.cgroup);
 	ct_ok(r1.uid == getuid(), "the child has the owner's uid");
 
 	pfd = (struct pollfd){ .fd = fd, .events = POLLIN };
@@ -119,6 +118,8 @@ int main(void)
 	init = spawn(fd, &r1, sleep_forever);
 	member = spawn(fd, &r2, sleep_forever);
 	ct_ok(init > 0 && member > 0 && r1.pid == init, "without NEW_PID_NS the init keeps its pid");
+	snprintf(want, sizeof(want), "0::/container-%llu", ct_id("ct-nopidns"));
+	ct_ok(!strcmp(r1.cgroup, want), "the child is in the container's cgroup (%s)", r1.cgroup);
 	kill(init, SIGTERM);
 	ct_ok(ct_killed_by(ct_wait(init), SIGTERM), "init ended by SIGTERM");
 	ct_ok(ct_killed_by(ct_wait_timeout(member, 5000), SIGKILL), "the member was killed with SIGKILL");
