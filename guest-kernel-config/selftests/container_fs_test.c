@@ -54,12 +54,12 @@ static int new_tmpfs(int cfd)
 
 int main(void)
 {
-	int fd, empty, shared, f, mfd, fsfd, status, before;
+	int fd, empty, shared, userns, f, mfd, fsfd, status, before;
 	char buf[64];
 	struct stat st;
 	pid_t pid;
 
-	ct_plan(25);
+	ct_plan(29);
 
 	fd = container_create("ct-fs", CONTAINER_NEW_FS_NS | CONTAINER_FD_CLOEXEC);
 	before = mount_count();
@@ -122,11 +122,31 @@ int main(void)
 	mfd = new_tmpfs(-1);
 	CT_ERR(move_mount(mfd, "", shared, "", MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_CONTAINER_ROOT),
 	       EINVAL, "T_CONTAINER_ROOT into the caller's own namespace gives EINVAL");
+	fd = container_create("ct-pathfs", CONTAINER_NEW_FS_NS | CONTAINER_FD_CLOEXEC);
+	CT_ERR(move_mount(mfd, "", fd, "tmp", MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_CONTAINER_ROOT),
+	       EINVAL, "T_CONTAINER_ROOT with a non-empty target path gives EINVAL");
+	close(fd);
 	f = open("/", O_RDONLY | O_CLOEXEC);
 	CT_ERR(move_mount(mfd, "", f, "", MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_CONTAINER_ROOT),
 	       EINVAL, "T_CONTAINER_ROOT with a non-container fd gives EINVAL");
 	close(f);
 	close(mfd);
+
+	/*
+	 * FSCONFIG_SET_CONTAINER gives the superblock the container's user
+	 * namespace: there, with no uid map yet, the caller's uid 0 has no
+	 * mapping, so it cannot create files; on a plain tmpfs it can.
+	 */
+	userns = container_create("ct-userns-fs", CONTAINER_NEW_USER_NS | CONTAINER_FD_CLOEXEC);
+	mfd = new_tmpfs(userns);
+	ct_ok(mfd >= 0, "tmpfs prepared with FSCONFIG_SET_CONTAINER for a NEW_USER_NS container");
+	CT_ERR(mkdirat(mfd, "x", 0755), EOVERFLOW,
+	       "its superblock is in the container's user namespace (unmapped uid gives EOVERFLOW)");
+	close(mfd);
+	mfd = new_tmpfs(-1);
+	ct_ok(mfd >= 0 && mkdirat(mfd, "x", 0755) == 0, "a tmpfs without it is in the caller's namespace");
+	close(mfd);
+	close(userns);
 
 	fsfd = fsopen("tmpfs", FSOPEN_CLOEXEC);
 	fsconfig(fsfd, FSCONFIG_CMD_CREATE, NULL, NULL, 0);
