@@ -18,8 +18,8 @@ say "Debian packages"
 ./scripts/install-deps.sh
 
 say "capsule binary"
-cargo build --release --locked -p capsule-vmm --bin capsule
-install -m 0755 target/release/capsule /usr/local/bin/capsule.new
+capsule_bin=$(./scripts/build-capsule.sh)
+install -m 0755 "$capsule_bin" /usr/local/bin/capsule.new
 mv /usr/local/bin/capsule.new /usr/local/bin/capsule
 echo "installed /usr/local/bin/capsule"
 
