@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Builds the default guest that `capsule create` boots and installs it in ~/.cache/capsule/guest/
-# (or $CAPSULE_GUEST_DIR):
+# Builds the default guest that `capsule create` boots and installs it in $CAPSULE_GUEST_DIR, else
+# <cache>/guest/ with <cache> = $CAPSULE_CACHE, else $XDG_CACHE_HOME/capsule, else ~/.cache/capsule:
 #   vmlinux         the container-object kernel (guest-kernel-config/build.sh, cached by input hash)
 #   initramfs.cpio  the guest agent (static) as /init, Debian's static busybox, /sbin/request-key
 # Usage: scripts/build-guest.sh [--print-dir]
@@ -13,7 +13,8 @@ say() { echo "build-guest: $*" >&2; }
 
 ./scripts/install-deps.sh >&2
 
-guest_dir=${CAPSULE_GUEST_DIR:-$HOME/.cache/capsule/guest}
+cache_root=${CAPSULE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/capsule}
+guest_dir=${CAPSULE_GUEST_DIR:-$cache_root/guest}
 mkdir -p "$guest_dir"
 
 say "guest kernel"
