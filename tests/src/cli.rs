@@ -13,23 +13,7 @@ use crate::guests::ScratchDir;
 /// Longest a single command may take (a create boots a VM under QEMU's software CPU).
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(300);
 
-/// The guest kernel and initramfs `capsule create` boots by default (the same lookup as
-/// capsule's own: `$CAPSULE_GUEST_DIR`, else `guest/` under `$CAPSULE_CACHE`,
-/// `$XDG_CACHE_HOME/capsule` or `~/.cache/capsule`).
-pub fn guest_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("CAPSULE_GUEST_DIR") {
-        return PathBuf::from(dir);
-    }
-    let cache = if let Some(dir) = std::env::var_os("CAPSULE_CACHE") {
-        PathBuf::from(dir)
-    } else if let Some(dir) = std::env::var_os("XDG_CACHE_HOME") {
-        PathBuf::from(dir).join("capsule")
-    } else {
-        let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("/root"), PathBuf::from);
-        home.join(".cache/capsule")
-    };
-    cache.join("guest")
-}
+pub use vmm::paths::guest_dir;
 
 /// The result of one command.
 #[derive(Debug)]

@@ -11,6 +11,7 @@ pub mod host;
 pub mod loader;
 pub mod machine;
 pub mod memory;
+pub mod paths;
 pub mod state;
 pub mod supervisor;
 pub mod upcall;

@@ -4,25 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 
-/// `$CAPSULE_GUEST_DIR`, else `<cache>/guest` with `<cache>` = `$CAPSULE_CACHE`, else
-/// `$XDG_CACHE_HOME/capsule`, else `~/.cache/capsule` (where scripts/build-guest.sh puts it).
-pub fn guest_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("CAPSULE_GUEST_DIR") {
-        return PathBuf::from(dir);
-    }
-    cache_root().join("guest")
-}
-
-fn cache_root() -> PathBuf {
-    if let Some(dir) = std::env::var_os("CAPSULE_CACHE") {
-        return PathBuf::from(dir);
-    }
-    if let Some(dir) = std::env::var_os("XDG_CACHE_HOME") {
-        return PathBuf::from(dir).join("capsule");
-    }
-    let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("/root"), PathBuf::from);
-    home.join(".cache/capsule")
-}
+pub use vmm::paths::guest_dir;
 
 fn default_file(name: &str, what: &str, flag: &str) -> Result<PathBuf> {
     let path = guest_dir().join(name);
