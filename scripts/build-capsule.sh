@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Builds the release `capsule` binary the way it ships: statically linked (static-pie, glibc) and
-# size-optimized (the release profile). Static linking maps only the parts of libc capsule uses
-# and no dynamic loader, which is most of the VMM's resident memory besides its own code.
+# Builds the release `capsule` binary the way it ships: statically linked (static-pie, glibc).
+# Static linking maps only the parts of libc capsule uses and no dynamic loader, which is most of
+# the VMM's resident memory besides its own code (bench/RESULTS.md).
 # Prints the binary's path. The explicit --target keeps crt-static off build scripts and
 # proc-macros, which cannot be linked statically.
 set -euo pipefail
