@@ -117,6 +117,12 @@ fn exec(args: &ExecArgs) -> Result<u8> {
     let (_, client) = common::agent(&args.name)?;
     let client = Arc::new(client);
     let stream_mode = pb::StdioMode::StdioStream as i32;
+    // Nothing to forward from /dev/null: the process gets its own, and one stream fewer is set up.
+    let stdin_mode = if stdin_is_null() {
+        pb::StdioMode::StdioNull as i32
+    } else {
+        stream_mode
+    };
     let request = pb::ExecRequest {
         container: args.name.clone(),
         argv: args.command.clone(),
@@ -127,7 +133,7 @@ fn exec(args: &ExecArgs) -> Result<u8> {
         additional_gids: Vec::new(),
         tty: args.tty,
         tty_size: args.tty.then(terminal_size).flatten(),
-        stdin: stream_mode,
+        stdin: stdin_mode,
         stdout: stream_mode,
         stderr: stream_mode,
     };
@@ -138,8 +144,20 @@ fn exec(args: &ExecArgs) -> Result<u8> {
     if args.tty {
         run_tty(&client, &args.name, id)
     } else {
-        run_pipes(&client, &args.name, id)
+        run_pipes(&client, &args.name, id, stdin_mode == stream_mode)
     }
+}
+
+/// Whether standard input is /dev/null (or closed).
+fn stdin_is_null() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let (Ok(stdin), Ok(null)) = (
+        std::fs::metadata("/dev/stdin"),
+        std::fs::metadata("/dev/null"),
+    ) else {
+        return true;
+    };
+    stdin.rdev() == null.rdev() && stdin.dev() == null.dev() && stdin.ino() == null.ino()
 }
 
 /// Copies `from` into `to` until EOF; returns when the source is done.
@@ -162,10 +180,21 @@ fn pump(
     })
 }
 
-fn run_pipes(client: &Arc<Client>, name: &str, id: u64) -> Result<u8> {
-    let stdin = client.attach(StreamKind::Stdin, id)?;
-    let stdout = client.attach(StreamKind::Stdout, id)?;
-    let stderr = client.attach(StreamKind::Stderr, id)?;
+fn run_pipes(client: &Arc<Client>, name: &str, id: u64, with_stdin: bool) -> Result<u8> {
+    // Each stream is its own vsock connection, and the process starts once all are attached:
+    // attach them concurrently.
+    let (stdin, stdout, stderr) = std::thread::scope(|scope| {
+        let attach = |kind| scope.spawn(move || client.attach(kind, id));
+        let stdin = with_stdin.then(|| attach(StreamKind::Stdin));
+        let stdout = attach(StreamKind::Stdout);
+        let stderr = attach(StreamKind::Stderr);
+        let join = |h: std::thread::ScopedJoinHandle<'_, _>| {
+            h.join()
+                .unwrap_or_else(|_| Err(protocol::ClientError::Disconnected))
+        };
+        (stdin.map(join).transpose(), join(stdout), join(stderr))
+    });
+    let (stdin, stdout, stderr) = (stdin?, stdout?, stderr?);
     let out = pump(stdout, std::io::stdout());
     let err = pump(stderr, std::io::stderr());
     // Host stdin is forwarded until it ends; then the stream is half-closed, which reaches the
@@ -173,7 +202,9 @@ fn run_pipes(client: &Arc<Client>, name: &str, id: u64) -> Result<u8> {
     // flight on the stream). This thread is not joined: a command may finish while we still
     // wait for input.
     std::thread::spawn(move || {
-        let mut input = stdin;
+        let Some(mut input) = stdin else {
+            return;
+        };
         let mut host = std::io::stdin().lock();
         let mut buf = vec![0u8; 64 * 1024];
         loop {
