@@ -288,6 +288,59 @@ pub fn holder_main(s: &HolderSetup) -> i32 {
     }
 }
 
+/// A mount(2) of a file system whose superblock takes its namespaces from the mounting process
+/// (proc, sysfs, ...): everything is prepared before the fork, and [`MemberMount::run`] runs in
+/// the child that has joined the container.
+pub struct MemberMount {
+    dirs: Vec<CString>,
+    source: CString,
+    target: CString,
+    fstype: CString,
+    data: CString,
+    flags: libc::c_ulong,
+}
+
+impl MemberMount {
+    pub fn new(spec: &super::MountSpec) -> Self {
+        let opts = super::mount::parse_options(&spec.options);
+        Self {
+            dirs: if spec.mkdir {
+                path_prefixes(&spec.target)
+            } else {
+                Vec::new()
+            },
+            source: cstr(&spec.source),
+            target: cstr(&spec.target),
+            fstype: cstr(&spec.fstype),
+            data: cstr(&opts.data()),
+            flags: opts.ms_flags,
+        }
+    }
+
+    /// In the forked child: creates the target's directories if asked, then mounts. Returns 0 or
+    /// the errno.
+    pub fn run(&self) -> i32 {
+        if let Err(e) = mkdir_all(&self.dirs) {
+            return e;
+        }
+        // SAFETY: NUL-terminated strings prepared before the fork.
+        let r = unsafe {
+            libc::mount(
+                self.source.as_ptr(),
+                self.target.as_ptr(),
+                self.fstype.as_ptr(),
+                self.flags,
+                self.data.as_ptr().cast(),
+            )
+        };
+        if r < 0 {
+            sys::last_errno()
+        } else {
+            0
+        }
+    }
+}
+
 /// mkdir -p of `dirs` (each prefix of the target, prepared before the fork), ignoring EEXIST.
 pub fn mkdir_all(dirs: &[CString]) -> Result<(), i32> {
     for d in dirs {

@@ -12,7 +12,7 @@ use std::sync::Mutex;
 use tokio::sync::oneshot;
 
 use super::child::{cstr, holder_main, HolderSetup};
-use super::mount::{detached_mount, needs_member, parse_options};
+use super::mount::{detached_mount, needs_member};
 use super::{
     flags, read_status, Backend, BackendError, Container, ContainerRow, CreateSpec, Forked,
     MountSpec, Result, RootSpec,
@@ -302,38 +302,8 @@ impl Container for KernelContainer {
 
     fn mount(&self, spec: &MountSpec, reaper: &Reaper) -> Result<()> {
         if needs_member(&spec.fstype) {
-            let opts = parse_options(&spec.options);
-            let dirs = if spec.mkdir {
-                super::child::path_prefixes(&spec.target)
-            } else {
-                Vec::new()
-            };
-            let (source, target, fstype, data) = (
-                cstr(&spec.source),
-                cstr(&spec.target),
-                cstr(&spec.fstype),
-                cstr(&opts.data()),
-            );
-            let forked = self.fork_into(reaper, &mut || {
-                if let Err(e) = super::child::mkdir_all(&dirs) {
-                    return e;
-                }
-                // SAFETY: NUL-terminated strings prepared before the fork.
-                let r = unsafe {
-                    libc::mount(
-                        source.as_ptr(),
-                        target.as_ptr(),
-                        fstype.as_ptr(),
-                        opts.ms_flags,
-                        data.as_ptr().cast(),
-                    )
-                };
-                if r < 0 {
-                    sys::last_errno()
-                } else {
-                    0
-                }
-            })?;
+            let mount = super::child::MemberMount::new(spec);
+            let forked = self.fork_into(reaper, &mut || mount.run())?;
             return match forked.exit.blocking_recv() {
                 Ok(ExitStatus::Exited(0)) => Ok(()),
                 Ok(ExitStatus::Exited(e)) => {

@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use tokio::sync::oneshot;
 
 use super::child::{self, cstr, holder_main, HolderSetup};
-use super::mount::{detached_mount, needs_member, parse_options};
+use super::mount::{detached_mount, needs_member};
 use super::{
     flags, read_status, Backend, BackendError, Container, ContainerRow, CreateSpec, Forked,
     MountSpec, Result, RootSpec,
@@ -405,30 +405,8 @@ impl Container for MainlineContainer {
         };
         let target = cstr(&spec.target);
         let forked = if needs_member(&spec.fstype) {
-            let opts = parse_options(&spec.options);
-            let source = cstr(&spec.source);
-            let fstype = cstr(&spec.fstype);
-            let data = cstr(&opts.data());
-            self.fork_into(reaper, &mut || {
-                if let Err(e) = child::mkdir_all(&dirs) {
-                    return e;
-                }
-                // SAFETY: NUL-terminated strings prepared before the fork.
-                let r = unsafe {
-                    libc::mount(
-                        source.as_ptr(),
-                        target.as_ptr(),
-                        fstype.as_ptr(),
-                        opts.ms_flags,
-                        data.as_ptr().cast(),
-                    )
-                };
-                if r < 0 {
-                    sys::last_errno()
-                } else {
-                    0
-                }
-            })?
+            let mount = child::MemberMount::new(spec);
+            self.fork_into(reaper, &mut || mount.run())?
         } else {
             let mfd = detached_mount(spec, &|_| Ok(()))?;
             let raw = mfd.as_raw_fd();
