@@ -143,18 +143,9 @@ pub trait VirtioDevice: Send {
     }
 }
 
-/// Copies the part of `config` that lies at `offset` into `data`, zero-filling the rest.
-/// Config-space accesses come from the guest: any offset and length must be safe.
-pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
-    data.fill(0);
-    let Ok(start) = usize::try_from(offset) else {
-        return;
-    };
-    if let Some(src) = config.get(start..) {
-        let n = src.len().min(data.len());
-        data[..n].copy_from_slice(&src[..n]);
-    }
-}
+/// Bounded config-space reads, shared with the vsock device core (which the vhost-user backend
+/// uses without this crate).
+pub use ::vsock::read_config_bytes;
 
 #[cfg(test)]
 mod tests {
