@@ -2,9 +2,17 @@
 //! virtio 1.2 section 5.10.6.6 and credit-based flow control in both directions.
 //!
 //! Guest → host data is written straight from guest memory to the host socket; what the socket
-//! does not take is kept in a buffer that the credit we advertise bounds (`buf_alloc`). Host →
-//! guest data is read straight from the host socket into the guest's rx buffer, never more than
-//! the guest's credit allows, so nothing is buffered in that direction.
+//! does not take is kept in a buffer that the credit we advertise bounds (`buf_alloc`). Large
+//! packets go without a copy: their guest pages are spliced into the socket through a pipe
+//! ([`crate::splice`]) and the packet is *held*, i.e. its descriptor chain goes back to the guest
+//! only once the host has read the bytes ([`Conn::take_held`], [`Conn::consumed`]). Host → guest
+//! data is read straight from the host socket into the guest's rx buffer, never more than the
+//! guest's credit allows; a bulk connection ([`Conn::make_bulk`]) first splices it into a pipe,
+//! which frees the host writer's socket buffer at once.
+//!
+//! Held buffers go back to the guest without waiting on a transport reset; after a reset the
+//! host may read whatever the rebooted guest later writes into them. That is the price of not
+//! copying, and only concerns data the guest sent before the reset.
 
 use std::io::ErrorKind;
 use std::net::Shutdown;
@@ -16,9 +24,16 @@ use vm_memory::{ReadVolatile, VolatileSlice};
 
 use crate::host::{send_bytes, send_volatile};
 use crate::proto::{op, shutdown, MAX_PKT_DATA};
+use crate::splice::{grow_send_buffer, unread_bytes, SplicePipe};
 
 /// Bytes of guest → host data a connection may hold, and the `buf_alloc` it advertises.
-pub const CONN_TX_BUF_SIZE: u32 = 64 * 1024;
+pub const CONN_TX_BUF_SIZE: u32 = 256 * 1024;
+/// Packets at least this large are spliced instead of copied; below it a copy is cheaper than
+/// the extra system calls and holding the guest's buffer.
+pub const SPLICE_MIN_LEN: usize = 16 * 1024;
+/// Send buffer asked for on a bulk connection's host socket (the system doubles it): room for
+/// spliced data in flight, so that the guest and the host reader rarely wait for each other.
+pub const BULK_SEND_BUFFER: usize = 1 << 20;
 
 /// Why a connection is reset; each reason has a counter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -86,9 +101,26 @@ pub struct Conn {
     /// The guest's port.
     pub peer_port: u32,
     pub state: State,
-    /// Guest → host bytes the host socket has not taken yet: `tx_buf[tx_off..]`.
+    /// Guest → host bytes the host socket has not taken yet, in this order: the pipe's (spliced
+    /// or copied), then `tx_buf[tx_off..]`.
+    tx_pipe: Option<SplicePipe>,
+    /// Set when a pipe could not be created: the connection only copies.
+    no_splice: bool,
     tx_buf: Vec<u8>,
     tx_off: usize,
+    /// Guest → host bytes taken from the guest, and how many of them went into the socket.
+    taken_total: u64,
+    sent_total: u64,
+    /// Set by a packet whose guest pages were spliced: the stream offset its data ends at.
+    held_end: Option<u64>,
+    /// The host socket got a [`BULK_SEND_BUFFER`] and host → guest data goes through `rx_pipe`.
+    bulk: bool,
+    /// Host → guest bytes taken from the socket, not yet in guest buffers.
+    rx_pipe: Option<SplicePipe>,
+    /// The socket reached end of file behind the bytes in `rx_pipe`.
+    rx_eof_behind_pipe: bool,
+    /// Host → guest bytes delivered.
+    received_total: u64,
     /// Guest → host bytes delivered to the host socket.
     fwd_cnt: Wrapping<u32>,
     /// The `fwd_cnt` last told to the guest.
@@ -137,8 +169,17 @@ impl Conn {
             local_port,
             peer_port,
             state,
+            tx_pipe: None,
+            no_splice: false,
             tx_buf: Vec::new(),
             tx_off: 0,
+            taken_total: 0,
+            sent_total: 0,
+            held_end: None,
+            bulk: false,
+            rx_pipe: None,
+            rx_eof_behind_pipe: false,
+            received_total: 0,
             fwd_cnt: Wrapping(0),
             last_fwd_cnt_sent: Wrapping(0),
             rx_cnt: Wrapping(0),
@@ -161,7 +202,63 @@ impl Conn {
 
     /// Bytes waiting for the host socket.
     pub fn buffered(&self) -> usize {
+        self.piped() + self.copied()
+    }
+
+    fn piped(&self) -> usize {
+        self.tx_pipe.as_ref().map_or(0, SplicePipe::len)
+    }
+
+    fn copied(&self) -> usize {
         self.tx_buf.len() - self.tx_off
+    }
+
+    /// The stream offset the last packet's data ends at if its guest pages were spliced: its
+    /// buffer must stay with the host until [`Conn::consumed`] reaches that offset.
+    pub fn take_held(&mut self) -> Option<u64> {
+        self.held_end.take()
+    }
+
+    /// How many guest → host bytes the host has certainly read.
+    pub fn consumed(&self) -> std::io::Result<u64> {
+        consumed(&self.stream, self.sent_total)
+    }
+
+    /// Whether the host socket got a large send buffer ([`Conn::make_bulk`]).
+    pub fn is_bulk(&self) -> bool {
+        self.bulk
+    }
+
+    /// Gives the host socket a [`BULK_SEND_BUFFER`] and host → guest data a pipe, for a
+    /// connection that moves bulk data.
+    pub fn make_bulk(&mut self) {
+        self.bulk = true;
+        if let Err(e) = grow_send_buffer(&self.stream, BULK_SEND_BUFFER) {
+            log::debug!("vsock: cannot grow a send buffer: {e}");
+        }
+        match SplicePipe::new() {
+            Ok(pipe) => self.rx_pipe = Some(pipe),
+            Err(e) => log::debug!("vsock: no pipe for host data, reading directly: {e}"),
+        }
+    }
+
+    /// Host → guest bytes delivered so far.
+    pub fn received_total(&self) -> u64 {
+        self.received_total
+    }
+
+    fn rx_piped(&self) -> usize {
+        self.rx_pipe.as_ref().map_or(0, SplicePipe::len)
+    }
+
+    /// Guest → host bytes written into the host socket.
+    pub fn sent_total(&self) -> u64 {
+        self.sent_total
+    }
+
+    fn delivered(&mut self, n: usize) {
+        self.fwd_cnt += n as u32;
+        self.sent_total += n as u64;
     }
 
     /// The guest shut down both directions and the connection only waits for buffered data to
@@ -196,7 +293,7 @@ impl Conn {
 
     fn wants_to_read(&self) -> bool {
         self.state == State::Established
-            && self.host_readable
+            && (self.host_readable || self.rx_piped() > 0)
             && !self.host_eof
             && self.guest_shut & shutdown::RCV == 0
     }
@@ -214,7 +311,10 @@ impl Conn {
 
     /// Writes buffered data to the host socket until it is empty or the socket is full.
     fn flush(&mut self) -> Verdict {
-        while self.host_writable && self.buffered() > 0 {
+        if self.drain_pipe().is_err() {
+            return Verdict::Reset(ConnError::HostIo);
+        }
+        while self.host_writable && self.piped() == 0 && self.copied() > 0 {
             match send_bytes(&self.stream, &self.tx_buf[self.tx_off..]) {
                 Ok(n) => {
                     self.tx_off += n;
@@ -222,7 +322,7 @@ impl Conn {
                         self.tx_buf.clear();
                         self.tx_off = 0;
                     }
-                    self.fwd_cnt += n as u32;
+                    self.delivered(n);
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => self.host_writable = false,
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
@@ -230,6 +330,25 @@ impl Conn {
             }
         }
         self.after_delivery()
+    }
+
+    /// Moves the pipe's bytes into the socket while it takes them.
+    fn drain_pipe(&mut self) -> std::io::Result<()> {
+        let Some(pipe) = self.tx_pipe.as_mut() else {
+            return Ok(());
+        };
+        while self.host_writable && !pipe.is_empty() {
+            match pipe.drain_into(&self.stream) {
+                Ok(n) => {
+                    self.fwd_cnt += n as u32;
+                    self.sent_total += n as u64;
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => self.host_writable = false,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
     }
 
     /// Bookkeeping after guest data reached the host socket: credit updates, and the end of
@@ -264,6 +383,7 @@ impl Conn {
         buf_alloc: u32,
         fwd_cnt: u32,
         data: Option<&VolatileSlice<'_, B>>,
+        may_hold: bool,
     ) -> Verdict {
         self.update_peer_credit(buf_alloc, fwd_cnt);
         match op {
@@ -278,7 +398,7 @@ impl Conn {
             op::RST => Verdict::Drop,
             op::RW if self.state == State::Established && self.guest_shut & shutdown::SEND == 0 => {
                 match data {
-                    Some(data) => self.guest_data(data),
+                    Some(data) => self.guest_data(data, may_hold),
                     None => Verdict::Keep,
                 }
             }
@@ -304,13 +424,38 @@ impl Conn {
         }
     }
 
-    fn guest_data<B: BitmapSlice>(&mut self, data: &VolatileSlice<'_, B>) -> Verdict {
+    fn guest_data<B: BitmapSlice>(
+        &mut self,
+        data: &VolatileSlice<'_, B>,
+        may_hold: bool,
+    ) -> Verdict {
         let len = data.len();
         if self.buffered() + len > CONN_TX_BUF_SIZE as usize {
             return Verdict::Reset(ConnError::CreditOverrun);
         }
+        self.taken_total += len as u64;
+        let splice = may_hold && len >= SPLICE_MIN_LEN && self.copied() == 0 && self.pipe_ready();
         let mut sent = 0;
-        if self.buffered() == 0 {
+        if splice || (self.piped() > 0 && self.copied() == 0) {
+            // Behind bytes already in the pipe, or spliced: through the pipe, in order.
+            if let Some(pipe) = self.tx_pipe.as_mut() {
+                let taken = if splice {
+                    pipe.reference(data)
+                } else {
+                    pipe.copy_in(data)
+                };
+                match taken {
+                    Ok(n) => sent = n,
+                    Err(_) => self.no_splice = true,
+                }
+                if splice && sent > 0 {
+                    self.held_end = Some(self.taken_total);
+                }
+            }
+            if self.drain_pipe().is_err() {
+                return Verdict::Reset(ConnError::HostIo);
+            }
+        } else if self.buffered() == 0 {
             while self.host_writable && sent < len {
                 let rest = match data.offset(sent) {
                     Ok(rest) => rest,
@@ -319,7 +464,7 @@ impl Conn {
                 match send_volatile(&self.stream, &rest) {
                     Ok(n) => {
                         sent += n;
-                        self.fwd_cnt += n as u32;
+                        self.delivered(n);
                     }
                     Err(e) if e.kind() == ErrorKind::WouldBlock => self.host_writable = false,
                     Err(e) if e.kind() == ErrorKind::Interrupted => {}
@@ -339,6 +484,20 @@ impl Conn {
             }
         }
         self.after_delivery()
+    }
+
+    /// Whether the connection has a pipe, creating it on first use.
+    fn pipe_ready(&mut self) -> bool {
+        if self.tx_pipe.is_none() && !self.no_splice {
+            match SplicePipe::new() {
+                Ok(pipe) => self.tx_pipe = Some(pipe),
+                Err(e) => {
+                    log::debug!("vsock: no pipe for splicing, copying instead: {e}");
+                    self.no_splice = true;
+                }
+            }
+        }
+        self.tx_pipe.is_some() && !self.no_splice
     }
 
     /// Produces the next packet for the guest into an rx buffer whose payload area is `data`.
@@ -364,6 +523,7 @@ impl Conn {
             self.pending &= !PENDING_CREDIT_UPDATE;
             self.last_fwd_cnt_sent = self.fwd_cnt;
             self.rx_cnt += len;
+            self.received_total += u64::from(len);
         }
         out
     }
@@ -391,24 +551,13 @@ impl Conn {
         let data = data?;
         let want = (data.len() as u32).min(credit).min(MAX_PKT_DATA) as usize;
         let mut dst = data.subslice(0, want).ok()?;
+        if self.rx_pipe.is_some() {
+            return self.read_host_via_pipe(&mut dst, credit as usize);
+        }
         loop {
             match (&self.stream).read_volatile(&mut dst) {
-                Ok(0) => {
-                    self.host_eof = true;
-                    self.host_readable = false;
-                    if self.guest_shut & shutdown::SEND != 0 && self.buffered() == 0 {
-                        return Some(RxOut::End(Verdict::Finish));
-                    }
-                    self.pending |= PENDING_SHUTDOWN;
-                    return None;
-                }
-                Ok(n) => {
-                    return Some(RxOut::Packet {
-                        op: op::RW,
-                        flags: 0,
-                        len: n as u32,
-                    })
-                }
+                Ok(0) => return self.host_end_of_file(),
+                Ok(n) => return Some(rw_packet(n)),
                 Err(vm_memory::VolatileMemoryError::IOError(e)) => match e.kind() {
                     ErrorKind::WouldBlock => {
                         self.host_readable = false;
@@ -422,10 +571,111 @@ impl Conn {
         }
     }
 
+    /// [`Conn::read_host`] for a bulk connection: socket data is spliced into the pipe, within
+    /// the guest's `credit`, then copied from there into `dst`.
+    fn read_host_via_pipe<B: BitmapSlice>(
+        &mut self,
+        dst: &mut VolatileSlice<'_, B>,
+        credit: usize,
+    ) -> Option<RxOut> {
+        if self.top_up_rx_pipe(credit).is_err() {
+            return Some(RxOut::End(Verdict::Reset(ConnError::HostIo)));
+        }
+        let pipe = self.rx_pipe.as_mut()?;
+        if !pipe.is_empty() {
+            return match pipe.read_into(dst) {
+                Ok(n) if n > 0 => Some(rw_packet(n)),
+                _ => Some(RxOut::End(Verdict::Reset(ConnError::HostIo))),
+            };
+        }
+        if self.rx_eof_behind_pipe {
+            return self.host_end_of_file();
+        }
+        None
+    }
+
+    /// Moves socket data into the rx pipe until it holds `credit` bytes or the socket is empty.
+    fn top_up_rx_pipe(&mut self, credit: usize) -> std::io::Result<()> {
+        let Some(pipe) = self.rx_pipe.as_mut() else {
+            return Ok(());
+        };
+        if self.host_readable && !self.rx_eof_behind_pipe && pipe.len() < credit {
+            match pipe.fill_from(&self.stream, credit - pipe.len()) {
+                Ok(0) => self.rx_eof_behind_pipe = true,
+                Ok(_) => {}
+                Err(e) if e.kind() == ErrorKind::WouldBlock => self.host_readable = false,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// For a bulk connection whose next packet for the guest is data: the bytes that can go to
+    /// the guest now, all of them already in the rx pipe, so that one read can fill several rx
+    /// buffers ([`Conn::read_batch`]). `None` when the next packet is anything else.
+    pub fn batch_ready(&mut self) -> Option<usize> {
+        if self.rx_pipe.is_none()
+            || self.pending & (PENDING_REQUEST | PENDING_RESPONSE) != 0
+            || !self.wants_to_read()
+        {
+            return None;
+        }
+        let credit = self.peer_credit() as usize;
+        if credit == 0 || self.top_up_rx_pipe(credit).is_err() {
+            return None; // the single-packet path asks for credit or reports the error
+        }
+        let ready = self.rx_piped().min(credit);
+        (ready > 0).then_some(ready)
+    }
+
+    /// Copies rx pipe bytes into `bufs` (at most what [`Conn::batch_ready`] said) and accounts
+    /// for them as sent to the guest; returns the bytes copied.
+    pub fn read_batch<B: BitmapSlice>(
+        &mut self,
+        bufs: &[VolatileSlice<'_, B>],
+    ) -> std::io::Result<usize> {
+        let pipe = self
+            .rx_pipe
+            .as_mut()
+            .ok_or_else(|| std::io::Error::from(ErrorKind::Unsupported))?;
+        let n = pipe.read_into_all(bufs)?;
+        // As for every packet in `next_rx`: the packets carry our current fwd_cnt.
+        self.pending &= !PENDING_CREDIT_UPDATE;
+        self.last_fwd_cnt_sent = self.fwd_cnt;
+        self.rx_cnt += n as u32;
+        self.received_total += n as u64;
+        Ok(n)
+    }
+
+    /// The host closed its sending side and every byte before that reached the guest.
+    fn host_end_of_file(&mut self) -> Option<RxOut> {
+        self.host_eof = true;
+        self.host_readable = false;
+        if self.guest_shut & shutdown::SEND != 0 && self.buffered() == 0 {
+            return Some(RxOut::End(Verdict::Finish));
+        }
+        self.pending |= PENDING_SHUTDOWN;
+        None
+    }
+
     /// The host socket reported an error or hang-up on both sides.
     pub fn on_host_error(&mut self) -> Verdict {
         // Whatever can still be read is read (EOF then tells the guest); a write error resets.
         self.host_readable = true;
         self.flush()
     }
+}
+
+fn rw_packet(len: usize) -> RxOut {
+    RxOut::Packet {
+        op: op::RW,
+        flags: 0,
+        len: len as u32,
+    }
+}
+
+/// How many of the `sent` bytes written into `stream` its peer has certainly read.
+pub fn consumed(stream: &UnixStream, sent: u64) -> std::io::Result<u64> {
+    Ok(sent.saturating_sub(unread_bytes(stream)? as u64))
 }

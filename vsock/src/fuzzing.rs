@@ -115,8 +115,14 @@ pub fn run(data: &[u8]) {
                     buf_alloc: if sel & 8 == 0 { 1 << 16 } else { input.u32() },
                     fwd_cnt: input.u32(),
                 };
-                let n = usize::from(input.u8()) * 4;
-                let payload = input.bytes(n);
+                // Large packets take the zero-copy path (and make the connection bulk).
+                let payload = if sel & 64 != 0 {
+                    let n = crate::conn::SPLICE_MIN_LEN + usize::from(input.u16());
+                    vec![input.u8(); n]
+                } else {
+                    let n = usize::from(input.u8()) * 4;
+                    input.bytes(n)
+                };
                 let hdr = Header {
                     len: if sel & 16 == 0 {
                         payload.len() as u32
@@ -243,7 +249,7 @@ pub fn run(data: &[u8]) {
         step(&mut core, &mut drv);
     }
     // As after a driver reset: fresh queues, connections gone.
-    core.reset();
+    core.reset_device();
     let Ok(mut drv) = MockDriver::new(QUEUE_SIZE, RX_BUF) else {
         return;
     };

@@ -11,6 +11,7 @@ pub mod conn;
 pub mod host;
 pub mod muxer;
 pub mod proto;
+pub mod splice;
 pub mod vhost_user;
 
 pub use muxer::{Counters, VsockConfig, VsockCore, DEFAULT_MAX_CONNECTIONS};

@@ -334,6 +334,28 @@ impl MockDriver {
         )
     }
 
+    /// Sends one packet of `len` payload bytes in two descriptors without writing the payload:
+    /// whatever the data buffer holds is sent (see [`MockDriver::fill_tx_buffers`]). For the
+    /// benchmark, so that the mock guest producing data does not count as device work.
+    pub fn send_in_place(&mut self, hdr: &Header, len: u32) -> Result<u16, MockDriverError> {
+        let idx = self.next_indices(Q::Tx, 2);
+        if idx.len() < 2 || len > self.tx.buf_size {
+            return Err(MockDriverError::Full);
+        }
+        let (a0, a1) = (self.tx.buf_addr(idx[0]), self.tx.buf_addr(idx[1]));
+        self.write(a0, &hdr.to_bytes())?;
+        self.push_chain(Q::Tx, &[(a0, HDR_LEN as u32, false), (a1, len, false)])
+    }
+
+    /// Fills every tx buffer with `byte`.
+    pub fn fill_tx_buffers(&mut self, byte: u8) -> Result<(), MockDriverError> {
+        let buf = vec![byte; self.tx.buf_size as usize];
+        for i in 0..self.tx.size {
+            self.write(self.tx.buf_addr(i), &buf)?;
+        }
+        Ok(())
+    }
+
     /// Posts up to `n` rx buffers (one write-only descriptor each); returns how many.
     pub fn post_rx(&mut self, n: usize) -> usize {
         let mut posted = 0;

@@ -5,8 +5,9 @@
 //! Everything here runs on one thread and never blocks: host sockets are non-blocking and
 //! registered edge-triggered in the core's own epoll set; the owner polls [`VsockCore::as_raw_fd`]
 //! and calls [`VsockCore::process_backend`] when it is readable, [`VsockCore::process_tx`] when
-//! the guest kicks the tx queue and [`VsockCore::process_rx`] whenever rx buffers or rx work may
-//! have appeared.
+//! the guest kicks the tx queue *and* after `process_backend` (tx buffers whose data was spliced
+//! to the host go back to the guest once the host has read it, see [`crate::conn`]), and
+//! [`VsockCore::process_rx`] whenever rx buffers or rx work may have appeared.
 //!
 //! Hybrid host side (Firecracker-compatible): a host client connects to the Unix socket at
 //! `uds_path` and writes `CONNECT <port>\n`; the core asks the guest to connect (REQUEST) and
@@ -15,6 +16,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io::{self, ErrorKind, Read};
+use std::net::Shutdown;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
@@ -28,7 +30,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemory};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::timerfd::TimerFd;
 
-use crate::conn::{Conn, ConnError, RxOut, State, Verdict};
+use crate::conn::{self, Conn, ConnError, RxOut, State, Verdict};
 use crate::host::{connect_nonblocking, forward_path, parse_connect_line, MAX_CONNECT_LINE};
 use crate::proto::{op, Header, EVENT_TRANSPORT_RESET, HDR_LEN, HOST_CID, MAX_PKT_DATA};
 use crate::proto::{MIN_GUEST_CID, TYPE_STREAM};
@@ -45,6 +47,13 @@ const TOKEN_LISTENER: u64 = 0;
 const TOKEN_TIMER: u64 = 1;
 const FIRST_CONN_TOKEN: u64 = 2;
 const EVENTS_PER_POLL: usize = 64;
+/// Rx buffers one read may fill for a bulk connection.
+const RX_BATCH: usize = 64;
+/// Connections whose host socket may get a large send buffer (kernel memory when the data is
+/// copied rather than spliced): 32 × 2 MiB at most.
+const MAX_BULK_CONNS: usize = 32;
+/// Host → guest bytes after which a connection counts as bulk.
+const BULK_RX_AFTER: u64 = 1 << 20;
 const ACCEPTS_PER_EVENT: usize = 64;
 
 /// Configuration of one guest's vsock device.
@@ -104,6 +113,10 @@ pub struct Counters {
     pub tx_bytes: u64,
     pub rx_bytes: u64,
     pub host_conns_accepted: u64,
+    /// Tx packets whose data was spliced, not copied (their buffers were held).
+    pub tx_spliced: u64,
+    /// Connections that got the bulk treatment (large send buffer, host data through a pipe).
+    pub bulk_conns: u64,
     pub guest_conns_forwarded: u64,
     /// Connections that ended normally (both sides shut down).
     pub conns_finished: u64,
@@ -152,6 +165,19 @@ struct Entry {
     conn: Conn,
     token: u64,
     deadline: Option<(Instant, u64)>,
+    held: HeldChains,
+}
+
+/// Tx descriptor chains whose guest pages the host socket still references, oldest first: the
+/// head index and the stream offset the chain's data ends at.
+type HeldChains = VecDeque<(u64, u16)>;
+
+/// The host socket of a removed connection whose peer has not read all spliced data yet; its
+/// chains are returned once it has (or it hung up).
+struct Draining {
+    stream: UnixStream,
+    sent: u64,
+    held: HeldChains,
 }
 
 struct Handshake {
@@ -177,6 +203,15 @@ pub struct VsockCore {
     deadlines: BTreeMap<(Instant, u64), ConnKey>,
     deadline_seq: u64,
     counters: Counters,
+    /// Held chains of all connections and draining sockets.
+    held_count: usize,
+    /// Connections with a large host send buffer.
+    bulk_conns: usize,
+    /// Sockets of removed connections, by epoll token.
+    draining: HashMap<u64, Draining>,
+    /// Held chains to return without waiting (their connections were reset by a transport
+    /// reset; the queue itself lives on).
+    release_now: Vec<u16>,
 }
 
 impl AsRawFd for VsockCore {
@@ -232,6 +267,10 @@ impl VsockCore {
             deadlines: BTreeMap::new(),
             deadline_seq: 0,
             counters: Counters::default(),
+            held_count: 0,
+            bulk_conns: 0,
+            draining: HashMap::new(),
+            release_now: Vec::new(),
         })
     }
 
@@ -254,12 +293,24 @@ impl VsockCore {
     }
 
     /// Closes every connection (the host clients see their sockets close) and forgets queued
-    /// packets; the listener stays. Used on device and transport reset.
+    /// packets; the listener stays. Used on a transport reset, where the queues live on: tx
+    /// chains still held for the host go back to the guest at the next
+    /// [`VsockCore::process_tx`] without waiting for the host to read their data.
     pub fn reset(&mut self) {
         self.counters.reset_by_device += self.conns.len() as u64;
         let keys: Vec<ConnKey> = self.conns.keys().copied().collect();
         for key in keys {
+            if let Some(entry) = self.conns.get_mut(&key) {
+                let held = std::mem::take(&mut entry.held);
+                self.release_now
+                    .extend(held.into_iter().map(|(_, head)| head));
+            }
             self.remove(key);
+        }
+        for (_, d) in std::mem::take(&mut self.draining) {
+            self.stop_watching(&d.stream);
+            self.release_now
+                .extend(d.held.into_iter().map(|(_, head)| head));
         }
         for (_, hs) in self.handshakes.drain() {
             let _ = self.epoll.ctl(
@@ -270,6 +321,22 @@ impl VsockCore {
         }
         self.rxq.clear();
         self.ctl.clear();
+    }
+
+    /// [`VsockCore::reset`] for a device reset: the queues are gone, so held chains are
+    /// forgotten instead of returned.
+    pub fn reset_device(&mut self) {
+        self.reset();
+        self.release_now.clear();
+        self.held_count = 0;
+    }
+
+    fn stop_watching(&self, stream: &UnixStream) {
+        let _ = self.epoll.ctl(
+            ControlOperation::Delete,
+            stream.as_raw_fd(),
+            EpollEvent::default(),
+        );
     }
 
     // ---- host side ----
@@ -292,6 +359,7 @@ impl VsockCore {
                 TOKEN_LISTENER => self.accept_clients(),
                 TOKEN_TIMER => self.expire_deadlines(),
                 token => {
+                    // A draining socket's peer read or hung up: `process_tx` looks at it.
                     if self.handshakes.contains_key(&token) {
                         self.read_handshake(token);
                     } else if let Some(&key) = self.tokens.get(&token) {
@@ -427,6 +495,7 @@ impl VsockCore {
                 conn,
                 token,
                 deadline: None,
+                held: HeldChains::new(),
             },
         );
         self.after_change(key);
@@ -439,12 +508,82 @@ impl VsockCore {
         if let Some(d) = entry.deadline {
             self.deadlines.remove(&d);
         }
-        let _ = self.epoll.ctl(
-            ControlOperation::Delete,
-            entry.conn.stream.as_raw_fd(),
-            EpollEvent::default(),
-        );
+        self.stop_watching(&entry.conn.stream);
+        if entry.conn.is_bulk() {
+            self.bulk_conns -= 1;
+        }
+        if !entry.held.is_empty() {
+            self.drain_later(&entry.conn, entry.held);
+        }
         Some(entry.conn)
+    }
+
+    /// Keeps a removed connection's socket open, shut down both ways as a close would, until
+    /// its peer has read the spliced data of `held` (or hung up).
+    fn drain_later(&mut self, conn: &Conn, mut held: HeldChains) {
+        let sent = conn.sent_total();
+        // Bytes still in the pipe die with it; the socket holds only what was sent.
+        for chain in &mut held {
+            chain.0 = chain.0.min(sent);
+        }
+        let token = self.alloc_token();
+        let watched = conn.stream.try_clone().and_then(|stream| {
+            let _ = stream.shutdown(Shutdown::Both);
+            let events = EventSet::OUT | EventSet::HANG_UP | EventSet::EDGE_TRIGGERED;
+            self.epoll
+                .ctl(
+                    ControlOperation::Add,
+                    stream.as_raw_fd(),
+                    EpollEvent::new(events, token),
+                )
+                .map(|()| stream)
+        });
+        match watched {
+            Ok(stream) => {
+                self.draining.insert(token, Draining { stream, sent, held });
+            }
+            Err(e) => {
+                warn!(
+                    "vsock: cannot keep a closed connection's socket, returning its buffers: {e}"
+                );
+                self.release_now
+                    .extend(held.into_iter().map(|(_, head)| head));
+            }
+        }
+    }
+
+    /// Returns to the guest every held tx chain whose data the host has read.
+    fn return_consumed<M: GuestMemory>(&mut self, mem: &M, queue: &mut Queue) -> bool {
+        let mut done = std::mem::take(&mut self.release_now);
+        if self.held_count > done.len() {
+            for entry in self.conns.values_mut().filter(|e| !e.held.is_empty()) {
+                let consumed = entry.conn.consumed();
+                pop_consumed(&mut entry.held, consumed, &mut done);
+            }
+            let mut finished = Vec::new();
+            for (&token, d) in &mut self.draining {
+                let consumed = conn::consumed(&d.stream, d.sent);
+                pop_consumed(&mut d.held, consumed, &mut done);
+                if d.held.is_empty() {
+                    finished.push(token);
+                }
+            }
+            for token in finished {
+                if let Some(d) = self.draining.remove(&token) {
+                    self.stop_watching(&d.stream);
+                }
+            }
+        }
+        self.held_count = self.held_count.saturating_sub(done.len());
+        let mut used = false;
+        for head in done {
+            if let Err(e) = queue.add_used(mem, head, 0) {
+                warn!("vsock: cannot return tx buffer {head}: {e}");
+                break;
+            }
+            used = true;
+        }
+        used
     }
 
     fn host_event(&mut self, key: ConnKey, set: EventSet) {
@@ -578,18 +717,27 @@ impl VsockCore {
 
     // ---- guest side ----
 
-    /// Handles every packet the guest placed on the tx queue; returns whether any descriptor
-    /// chain was used (the caller then signals the guest).
+    /// Returns held tx chains whose data the host has read, then handles every packet the guest
+    /// placed on the tx queue; returns whether any descriptor chain was used (the caller then
+    /// signals the guest).
     pub fn process_tx<M: GuestMemory>(&mut self, mem: &M, queue: &mut Queue) -> bool {
-        let mut used = false;
+        let mut used = self.return_consumed(mem, queue);
+        // At most half the queue's descriptors wait for host readers (a packet has one or two),
+        // so other connections always have buffers to send with.
+        let hold_cap = usize::from(queue.size()) / 4;
         while let Some(mut chain) = queue.pop_descriptor_chain(mem) {
             let head = chain.head_index();
-            match VsockPacket::from_tx_virtq_chain(mem, &mut chain, MAX_PKT_DATA) {
-                Ok(pkt) => self.guest_packet(&pkt),
+            let may_hold = self.held_count < hold_cap;
+            let held = match VsockPacket::from_tx_virtq_chain(mem, &mut chain, MAX_PKT_DATA) {
+                Ok(pkt) => self.guest_packet(&pkt, head, may_hold),
                 Err(e) => {
                     debug!("vsock: bad tx chain: {e}");
                     self.counters.tx_bad_chain += 1;
+                    false
                 }
+            };
+            if held {
+                continue;
             }
             if let Err(e) = queue.add_used(mem, head, 0) {
                 warn!("vsock: cannot return tx buffer {head}: {e}");
@@ -600,15 +748,22 @@ impl VsockCore {
         used
     }
 
-    fn guest_packet<B: BitmapSlice>(&mut self, pkt: &VsockPacket<'_, B>) {
+    /// Handles one tx packet; returns whether its chain `head` is held until the host has read
+    /// the data (see [`crate::conn`]), which only happens when `may_hold`.
+    fn guest_packet<B: BitmapSlice>(
+        &mut self,
+        pkt: &VsockPacket<'_, B>,
+        head: u16,
+        may_hold: bool,
+    ) -> bool {
         self.counters.tx_packets += 1;
         if pkt.src_cid() != self.cfg.guest_cid {
             self.counters.bad_src_cid += 1;
-            return;
+            return false;
         }
         if pkt.dst_cid() != HOST_CID {
             self.counters.bad_dst_cid += 1;
-            return;
+            return false;
         }
         let key = (pkt.dst_port(), pkt.src_port());
         if pkt.type_() != TYPE_STREAM {
@@ -616,9 +771,11 @@ impl VsockCore {
             if pkt.op() != op::RST {
                 self.queue_rst(key.0, key.1);
             }
-            return;
+            return false;
         }
         if let Some(entry) = self.conns.get_mut(&key) {
+            // Splicing makes a connection bulk (pipes, a large send buffer): only so many.
+            let may_hold = may_hold && (entry.conn.is_bulk() || self.bulk_conns < MAX_BULK_CONNS);
             let data = if pkt.op() == op::RW && !pkt.is_empty() {
                 pkt.data_slice()
             } else {
@@ -633,9 +790,21 @@ impl VsockCore {
                 pkt.buf_alloc(),
                 pkt.fwd_cnt(),
                 data,
+                may_hold,
             );
+            let held = entry.conn.take_held();
+            if let Some(end) = held {
+                entry.held.push_back((end, head));
+                self.held_count += 1;
+                self.counters.tx_spliced += 1;
+                if !entry.conn.is_bulk() {
+                    entry.conn.make_bulk();
+                    self.bulk_conns += 1;
+                    self.counters.bulk_conns += 1;
+                }
+            }
             self.apply(key, verdict);
-            return;
+            return held.is_some();
         }
         match pkt.op() {
             op::REQUEST => self.guest_connect(pkt),
@@ -649,6 +818,7 @@ impl VsockCore {
                 self.queue_rst(key.0, key.1);
             }
         }
+        false
     }
 
     /// A guest REQUEST to (CID 2, port P): connect to `<uds>_<P>`, answer RESPONSE or RST.
@@ -688,6 +858,12 @@ impl VsockCore {
     pub fn process_rx<M: GuestMemory>(&mut self, mem: &M, queue: &mut Queue) -> bool {
         let mut used = false;
         while self.has_rx_work() {
+            if self.ctl.is_empty() {
+                if let Some(batch_used) = self.rx_batch(mem, queue) {
+                    used |= batch_used;
+                    continue;
+                }
+            }
             let Some(mut chain) = queue.pop_descriptor_chain(mem) else {
                 break;
             };
@@ -714,6 +890,97 @@ impl VsockCore {
             used = true;
         }
         used
+    }
+
+    /// When the next connection in line is a bulk connection with data for the guest: fills as
+    /// many rx buffers as that data needs (up to [`RX_BATCH`]) with one read. Returns whether
+    /// buffers were used, or `None` when batching does not apply (then nothing was taken).
+    fn rx_batch<M: GuestMemory>(&mut self, mem: &M, queue: &mut Queue) -> Option<bool> {
+        let &key = self.rxq.front()?;
+        let ready = self.conns.get_mut(&key)?.conn.batch_ready()?;
+        let mut used = false;
+        let mut pkts = Vec::with_capacity(RX_BATCH);
+        let mut room = 0;
+        while pkts.len() < RX_BATCH && room < ready {
+            let Some(mut chain) = queue.pop_descriptor_chain(mem) else {
+                break;
+            };
+            let head = chain.head_index();
+            match VsockPacket::from_rx_virtq_chain(mem, &mut chain, MAX_PKT_DATA) {
+                Ok(pkt) if pkt.data_slice().is_some_and(|d| !d.is_empty()) => {
+                    room += pkt.data_slice().map_or(0, |d| d.len());
+                    pkts.push((head, pkt));
+                }
+                bad => {
+                    if let Err(e) = bad {
+                        debug!("vsock: bad rx chain: {e}");
+                    }
+                    self.counters.rx_bad_chain += 1;
+                    used |= queue.add_used(mem, head, 0).is_ok();
+                }
+            }
+        }
+        if pkts.is_empty() {
+            return used.then_some(true);
+        }
+        // Each buffer takes what fits, in order, up to the bytes ready.
+        let mut lens = Vec::with_capacity(pkts.len());
+        let mut slices = Vec::with_capacity(pkts.len());
+        let mut left = ready.min(room);
+        for (_, pkt) in &pkts {
+            let Some(slice) = pkt.data_slice() else {
+                break;
+            };
+            let take = slice.len().min(left);
+            let Ok(part) = slice.subslice(0, take) else {
+                break;
+            };
+            slices.push(part);
+            lens.push(take);
+            left -= take;
+        }
+        self.rxq.pop_front();
+        let entry = self.conns.get_mut(&key)?;
+        entry.conn.in_rxq = false;
+        let mut got = match entry.conn.read_batch(&slices) {
+            Ok(n) => n,
+            Err(_) => {
+                self.counters.host_io_error += 1;
+                self.remove(key);
+                self.queue_rst(key.0, key.1);
+                0
+            }
+        };
+        let (buf_alloc, fwd_cnt) = entry_credit(&self.conns, key);
+        for (i, (head, mut pkt)) in pkts.into_iter().enumerate() {
+            let len = lens.get(i).copied().unwrap_or(0).min(got);
+            got -= len;
+            let used_len = if len == 0 {
+                0 // the read fell short (never expected): an empty buffer back
+            } else {
+                let hdr = Header {
+                    src_cid: HOST_CID,
+                    dst_cid: self.cfg.guest_cid,
+                    src_port: key.0,
+                    dst_port: key.1,
+                    len: len as u32,
+                    type_: TYPE_STREAM,
+                    op: op::RW,
+                    flags: 0,
+                    buf_alloc,
+                    fwd_cnt,
+                };
+                self.counters.rx_bytes += len as u64;
+                self.emit(&mut pkt, hdr).unwrap_or(0)
+            };
+            if let Err(e) = queue.add_used(mem, head, used_len) {
+                warn!("vsock: cannot return rx buffer {head}: {e}");
+                break;
+            }
+            used = true;
+        }
+        self.after_change(key);
+        Some(used)
     }
 
     /// Writes the next pending packet into `pkt`; returns the bytes used (header + payload).
@@ -745,6 +1012,14 @@ impl VsockCore {
                         fwd_cnt,
                     };
                     self.counters.rx_bytes += u64::from(len);
+                    if !entry.conn.is_bulk()
+                        && entry.conn.received_total() >= BULK_RX_AFTER
+                        && self.bulk_conns < MAX_BULK_CONNS
+                    {
+                        entry.conn.make_bulk();
+                        self.bulk_conns += 1;
+                        self.counters.bulk_conns += 1;
+                    }
                     self.after_change(key);
                     return self.emit(pkt, hdr);
                 }
@@ -767,6 +1042,24 @@ impl VsockCore {
         }
         self.counters.rx_packets += 1;
         Some(HDR_LEN as u32 + hdr.len)
+    }
+}
+
+/// The credit fields of connection `key`'s packets (zeros once it is gone).
+fn entry_credit(conns: &HashMap<ConnKey, Entry>, key: ConnKey) -> (u32, u32) {
+    conns.get(&key).map_or((0, 0), |e| e.conn.credit_fields())
+}
+
+/// Moves the chains of `held` whose data ends within `consumed` bytes into `done`; all of
+/// them when the socket cannot tell (it is broken, so nobody reads the data any more).
+fn pop_consumed(held: &mut HeldChains, consumed: io::Result<u64>, done: &mut Vec<u16>) {
+    let upto = consumed.unwrap_or(u64::MAX);
+    while let Some(&(end, head)) = held.front() {
+        if end > upto {
+            break;
+        }
+        held.pop_front();
+        done.push(head);
     }
 }
 

@@ -70,7 +70,8 @@ impl VsockBackend {
         if backend {
             self.core.process_backend();
         }
-        if tx {
+        // Host events can also free tx buffers the host has now read.
+        if tx || backend {
             if let Some(vring) = vrings.get(TX) {
                 let used = self.core.process_tx(&*mem, vring.get_mut().get_queue_mut());
                 if used {
@@ -109,7 +110,7 @@ impl VhostUserBackendMut for VsockBackend {
     }
 
     fn reset_device(&mut self) {
-        self.core.reset();
+        self.core.reset_device();
     }
 
     fn set_event_idx(&mut self, _enabled: bool) {
@@ -189,7 +190,7 @@ pub fn serve(cfg: VsockConfig, socket: &Path) -> Result<(), VhostUserError> {
             handler.send_exit_event();
         }
         if let Ok(mut b) = backend.write() {
-            b.core.reset();
+            b.core.reset_device();
             b.mem = None;
         }
         info!("vhost-user-vsock: front-end disconnected");

@@ -83,7 +83,8 @@ impl Vsock {
         if backend {
             self.core.process_backend();
         }
-        if tx {
+        // Host events can also free tx buffers the host has now read.
+        if tx || backend {
             used |= self.core.process_tx(&active.mem, &mut active.queues[TX]);
         }
         used |= self.core.process_rx(&active.mem, &mut active.queues[RX]);
@@ -152,7 +153,7 @@ impl VirtioDevice for Vsock {
 
     fn reset(&mut self) -> bool {
         // The driver reset the device: its connections are gone, so are the host sides.
-        self.core.reset();
+        self.core.reset_device();
         self.active = None;
         self.acked_features = 0;
         true
