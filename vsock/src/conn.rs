@@ -232,6 +232,11 @@ impl Conn {
     /// Gives the host socket a [`BULK_SEND_BUFFER`] and host → guest data a pipe, for a
     /// connection that moves bulk data.
     pub fn make_bulk(&mut self) {
+        log::debug!(
+            "vsock: connection {}:{} moves bulk data",
+            self.local_port,
+            self.peer_port
+        );
         self.bulk = true;
         if let Err(e) = grow_send_buffer(&self.stream, BULK_SEND_BUFFER) {
             log::debug!("vsock: cannot grow a send buffer: {e}");
