@@ -5,7 +5,9 @@
 //! queue, keeps one [`conn::Conn`] per stream connection with credit-based flow control, and
 //! serves the host side through a Firecracker-compatible hybrid Unix socket ([`host`]).
 //! Everything the guest writes is treated as hostile: bad packets are dropped or their
-//! connection reset, and every such event is counted in [`muxer::Counters`].
+//! connection reset, and every such event is counted in [`muxer::Counters`]. Bulk transfers
+//! avoid copies where the kernel allows ([`splice`]): large guest packets are spliced into the
+//! host socket and their buffers held until the host has read them.
 
 pub mod conn;
 pub mod host;
