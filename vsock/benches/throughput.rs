@@ -148,7 +148,7 @@ fn splice_write(stream: &UnixStream, pipe: &(std::fs::File, std::fs::File), buf:
 
 /// The host peer: writes or reads `total` bytes in 1 MiB calls on CPU 1; returns its CPU time.
 fn spawn_peer(mut stream: UnixStream, total: usize, writes: bool) -> std::thread::JoinHandle<f64> {
-    let splicing = std::env::var("VSOCK_BENCH_PEER").as_deref() == Ok("splice");
+    let splicing = peer_splices();
     std::thread::spawn(move || {
         pin_to(1);
         let c0 = thread_cpu();
@@ -188,9 +188,9 @@ fn setup() -> (Setup, UnixStream) {
     std::fs::create_dir_all(&dir).unwrap();
     let uds = dir.join("v.sock");
     let core = VsockCore::new(VsockConfig::new(GUEST_CID, &uds)).unwrap();
-    let rx_buf = env_usize("VSOCK_BENCH_RX_BUF", PKT).min(PKT);
+    let (rx_posted, rx_buf) = rx_layout();
     let mut drv = MockDriver::new(QUEUE, (rx_buf + HDR_LEN) as u32).unwrap();
-    drv.post_rx(env_usize("VSOCK_BENCH_RX_POSTED", usize::from(QUEUE)));
+    drv.post_rx(rx_posted);
     let mut s = Setup {
         core,
         drv,
@@ -384,6 +384,19 @@ fn gib(b: f64) -> f64 {
     b / (1u64 << 30) as f64
 }
 
+/// How many rx buffers the mock guest posts, and their payload size.
+fn rx_layout() -> (usize, usize) {
+    (
+        env_usize("VSOCK_BENCH_RX_POSTED", usize::from(QUEUE)),
+        env_usize("VSOCK_BENCH_RX_BUF", PKT).min(PKT),
+    )
+}
+
+/// Whether the peer writes with vmsplice + splice (`VSOCK_BENCH_PEER=splice`).
+fn peer_splices() -> bool {
+    std::env::var("VSOCK_BENCH_PEER").as_deref() == Ok("splice")
+}
+
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name)
         .ok()
@@ -404,9 +417,9 @@ fn main() {
     println!("{runs} runs per path of {mib} MiB each; memcpy measured before every run");
     println!(
         "guest posts {} rx buffers of {} bytes; peer {}",
-        env_usize("VSOCK_BENCH_RX_POSTED", usize::from(QUEUE)),
-        env_usize("VSOCK_BENCH_RX_BUF", PKT).min(PKT),
-        if std::env::var("VSOCK_BENCH_PEER").as_deref() == Ok("splice") {
+        rx_layout().0,
+        rx_layout().1,
+        if peer_splices() {
             "writes with vmsplice + splice"
         } else {
             "copies (write/read)"

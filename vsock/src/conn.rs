@@ -339,15 +339,12 @@ impl Conn {
 
     /// Moves the pipe's bytes into the socket while it takes them.
     fn drain_pipe(&mut self) -> std::io::Result<()> {
-        let Some(pipe) = self.tx_pipe.as_mut() else {
-            return Ok(());
-        };
-        while self.host_writable && !pipe.is_empty() {
+        while self.host_writable && self.piped() > 0 {
+            let Some(pipe) = self.tx_pipe.as_mut() else {
+                break;
+            };
             match pipe.drain_into(&self.stream) {
-                Ok(n) => {
-                    self.fwd_cnt += n as u32;
-                    self.sent_total += n as u64;
-                }
+                Ok(n) => self.delivered(n),
                 Err(e) if e.kind() == ErrorKind::WouldBlock => self.host_writable = false,
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
@@ -524,13 +521,18 @@ impl Conn {
             RxOut::Nothing
         };
         if let RxOut::Packet { len, .. } = out {
-            // Every packet tells the guest our fwd_cnt: no separate update needed.
-            self.pending &= !PENDING_CREDIT_UPDATE;
-            self.last_fwd_cnt_sent = self.fwd_cnt;
-            self.rx_cnt += len;
-            self.received_total += u64::from(len);
+            self.sent_to_guest(len);
         }
         out
+    }
+
+    /// Bookkeeping for `len` payload bytes put into rx buffers.
+    fn sent_to_guest(&mut self, len: u32) {
+        // Every packet tells the guest our fwd_cnt: no separate update needed.
+        self.pending &= !PENDING_CREDIT_UPDATE;
+        self.last_fwd_cnt_sent = self.fwd_cnt;
+        self.rx_cnt += len;
+        self.received_total += u64::from(len);
     }
 
     fn take(&mut self, bit: u8) -> bool {
@@ -588,7 +590,7 @@ impl Conn {
         }
         let pipe = self.rx_pipe.as_mut()?;
         if !pipe.is_empty() {
-            return match pipe.read_into(dst) {
+            return match pipe.read_into_all(std::slice::from_ref(dst)) {
                 Ok(n) if n > 0 => Some(rw_packet(n)),
                 _ => Some(RxOut::End(Verdict::Reset(ConnError::HostIo))),
             };
@@ -645,11 +647,7 @@ impl Conn {
             .as_mut()
             .ok_or_else(|| std::io::Error::from(ErrorKind::Unsupported))?;
         let n = pipe.read_into_all(bufs)?;
-        // As for every packet in `next_rx`: the packets carry our current fwd_cnt.
-        self.pending &= !PENDING_CREDIT_UPDATE;
-        self.last_fwd_cnt_sent = self.fwd_cnt;
-        self.rx_cnt += n as u32;
-        self.received_total += n as u64;
+        self.sent_to_guest(n as u32);
         Ok(n)
     }
 

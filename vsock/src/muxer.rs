@@ -302,15 +302,13 @@ impl VsockCore {
         for key in keys {
             if let Some(entry) = self.conns.get_mut(&key) {
                 let held = std::mem::take(&mut entry.held);
-                self.release_now
-                    .extend(held.into_iter().map(|(_, head)| head));
+                self.release_without_waiting(held);
             }
             self.remove(key);
         }
         for (_, d) in std::mem::take(&mut self.draining) {
             self.stop_watching(&d.stream);
-            self.release_now
-                .extend(d.held.into_iter().map(|(_, head)| head));
+            self.release_without_waiting(d.held);
         }
         for (_, hs) in self.handshakes.drain() {
             let _ = self.epoll.ctl(
@@ -546,10 +544,15 @@ impl VsockCore {
                 warn!(
                     "vsock: cannot keep a closed connection's socket, returning its buffers: {e}"
                 );
-                self.release_now
-                    .extend(held.into_iter().map(|(_, head)| head));
+                self.release_without_waiting(held);
             }
         }
+    }
+
+    /// Queues `held` to go back to the guest at the next tx pass, read by the host or not.
+    fn release_without_waiting(&mut self, held: HeldChains) {
+        self.release_now
+            .extend(held.into_iter().map(|(_, head)| head));
     }
 
     /// Returns to the guest every held tx chain whose data the host has read.
@@ -704,15 +707,31 @@ impl VsockCore {
             self.counters.ctl_dropped += 1;
             return;
         }
-        self.ctl.push_back(Header {
+        let rst = self.to_guest((local_port, peer_port), op::RST, 0, 0, (0, 0));
+        self.ctl.push_back(rst);
+    }
+
+    /// The header of a packet from connection `key`'s host side to the guest.
+    fn to_guest(
+        &self,
+        key: ConnKey,
+        op: u16,
+        flags: u32,
+        len: u32,
+        (buf_alloc, fwd_cnt): (u32, u32),
+    ) -> Header {
+        Header {
             src_cid: HOST_CID,
             dst_cid: self.cfg.guest_cid,
-            src_port: local_port,
-            dst_port: peer_port,
+            src_port: key.0,
+            dst_port: key.1,
+            len,
             type_: TYPE_STREAM,
-            op: op::RST,
-            ..Header::default()
-        });
+            op,
+            flags,
+            buf_alloc,
+            fwd_cnt,
+        }
     }
 
     // ---- guest side ----
@@ -797,11 +816,7 @@ impl VsockCore {
                 entry.held.push_back((end, head));
                 self.held_count += 1;
                 self.counters.tx_spliced += 1;
-                if !entry.conn.is_bulk() {
-                    entry.conn.make_bulk();
-                    self.bulk_conns += 1;
-                    self.counters.bulk_conns += 1;
-                }
+                make_bulk(&mut entry.conn, &mut self.bulk_conns, &mut self.counters);
             }
             self.apply(key, verdict);
             return held.is_some();
@@ -951,25 +966,17 @@ impl VsockCore {
                 0
             }
         };
-        let (buf_alloc, fwd_cnt) = entry_credit(&self.conns, key);
+        let credit = self
+            .conns
+            .get(&key)
+            .map_or((0, 0), |e| e.conn.credit_fields());
         for (i, (head, mut pkt)) in pkts.into_iter().enumerate() {
             let len = lens.get(i).copied().unwrap_or(0).min(got);
             got -= len;
             let used_len = if len == 0 {
                 0 // the read fell short (never expected): an empty buffer back
             } else {
-                let hdr = Header {
-                    src_cid: HOST_CID,
-                    dst_cid: self.cfg.guest_cid,
-                    src_port: key.0,
-                    dst_port: key.1,
-                    len: len as u32,
-                    type_: TYPE_STREAM,
-                    op: op::RW,
-                    flags: 0,
-                    buf_alloc,
-                    fwd_cnt,
-                };
+                let hdr = self.to_guest(key, op::RW, 0, len as u32, credit);
                 self.counters.rx_bytes += len as u64;
                 self.emit(&mut pkt, hdr).unwrap_or(0)
             };
@@ -998,28 +1005,14 @@ impl VsockCore {
             entry.conn.in_rxq = false;
             match entry.conn.next_rx(pkt.data_slice()) {
                 RxOut::Packet { op, flags, len } => {
-                    let (buf_alloc, fwd_cnt) = entry.conn.credit_fields();
-                    let hdr = Header {
-                        src_cid: HOST_CID,
-                        dst_cid: self.cfg.guest_cid,
-                        src_port: key.0,
-                        dst_port: key.1,
-                        len,
-                        type_: TYPE_STREAM,
-                        op,
-                        flags,
-                        buf_alloc,
-                        fwd_cnt,
-                    };
+                    let credit = entry.conn.credit_fields();
                     self.counters.rx_bytes += u64::from(len);
-                    if !entry.conn.is_bulk()
-                        && entry.conn.received_total() >= BULK_RX_AFTER
+                    if entry.conn.received_total() >= BULK_RX_AFTER
                         && self.bulk_conns < MAX_BULK_CONNS
                     {
-                        entry.conn.make_bulk();
-                        self.bulk_conns += 1;
-                        self.counters.bulk_conns += 1;
+                        make_bulk(&mut entry.conn, &mut self.bulk_conns, &mut self.counters);
                     }
+                    let hdr = self.to_guest(key, op, flags, len, credit);
                     self.after_change(key);
                     return self.emit(pkt, hdr);
                 }
@@ -1045,9 +1038,14 @@ impl VsockCore {
     }
 }
 
-/// The credit fields of connection `key`'s packets (zeros once it is gone).
-fn entry_credit(conns: &HashMap<ConnKey, Entry>, key: ConnKey) -> (u32, u32) {
-    conns.get(&key).map_or((0, 0), |e| e.conn.credit_fields())
+/// Makes `conn` a bulk connection unless it is one already, counting it (the caller checked
+/// [`MAX_BULK_CONNS`]).
+fn make_bulk(conn: &mut Conn, bulk_conns: &mut usize, counters: &mut Counters) {
+    if !conn.is_bulk() {
+        conn.make_bulk();
+        *bulk_conns += 1;
+        counters.bulk_conns += 1;
+    }
 }
 
 /// Moves the chains of `held` whose data ends within `consumed` bytes into `done`; all of

@@ -11,11 +11,11 @@
 //! its pipe, and only bytes within the guest's credit ever enter it.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 
 use vm_memory::bitmap::BitmapSlice;
-use vm_memory::{ReadVolatile, VolatileSlice};
+use vm_memory::VolatileSlice;
 
 /// Capacity asked for each pipe; more than a connection's credit, so a packet within credit
 /// always fits.
@@ -106,32 +106,8 @@ impl SplicePipe {
     /// Moves up to `max` bytes from `stream` into the pipe without copying them; `Ok(0)` means
     /// end of file.
     pub fn fill_from(&mut self, stream: &UnixStream, max: usize) -> io::Result<usize> {
-        // SAFETY: plain splice between two descriptors we own; no memory is passed.
-        let ret = unsafe {
-            libc::splice(
-                stream.as_raw_fd(),
-                std::ptr::null_mut(),
-                self.write.as_raw_fd(),
-                std::ptr::null_mut(),
-                max,
-                libc::SPLICE_F_NONBLOCK | libc::SPLICE_F_MOVE,
-            )
-        };
-        let n = cvt(ret)?;
+        let n = splice(stream.as_raw_fd(), self.write.as_raw_fd(), max)?;
         self.len += n;
-        Ok(n)
-    }
-
-    /// Copies pipe contents into `dst`; returns the bytes copied.
-    pub fn read_into<B: BitmapSlice>(
-        &mut self,
-        dst: &mut VolatileSlice<'_, B>,
-    ) -> io::Result<usize> {
-        let n = self.read.read_volatile(dst).map_err(|e| match e {
-            vm_memory::VolatileMemoryError::IOError(e) => e,
-            other => io::Error::other(other),
-        })?;
-        self.len -= n.min(self.len);
         Ok(n)
     }
 
@@ -163,18 +139,7 @@ impl SplicePipe {
     pub fn drain_into(&mut self, stream: &UnixStream) -> io::Result<usize> {
         let mut moved = 0;
         while self.len > 0 {
-            // SAFETY: plain splice between two descriptors we own; no memory is passed.
-            let ret = unsafe {
-                libc::splice(
-                    self.read.as_raw_fd(),
-                    std::ptr::null_mut(),
-                    stream.as_raw_fd(),
-                    std::ptr::null_mut(),
-                    self.len,
-                    libc::SPLICE_F_NONBLOCK | libc::SPLICE_F_MOVE,
-                )
-            };
-            match cvt(ret) {
+            match splice(self.read.as_raw_fd(), stream.as_raw_fd(), self.len) {
                 Ok(0) => break,
                 Ok(n) => {
                     self.len -= n.min(self.len);
@@ -187,6 +152,22 @@ impl SplicePipe {
         }
         Ok(moved)
     }
+}
+
+/// Moves up to `len` bytes from `from` to `to` (one of them a pipe) without blocking.
+fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
+    // SAFETY: plain splice between two descriptors; no memory is passed.
+    let ret = unsafe {
+        libc::splice(
+            from,
+            std::ptr::null_mut(),
+            to,
+            std::ptr::null_mut(),
+            len,
+            libc::SPLICE_F_NONBLOCK | libc::SPLICE_F_MOVE,
+        )
+    };
+    cvt(ret)
 }
 
 /// Asks for a send buffer of `bytes` on `stream` (`SO_SNDBUFFORCE` where the process may, else
@@ -289,7 +270,7 @@ mod tests {
                 Err(e) => assert_eq!(e.kind(), io::ErrorKind::WouldBlock),
             }
             let end = (have + 40_000).min(data.len());
-            have += pipe.read_into(&mut slice(&mut got[have..end])).unwrap();
+            have += pipe.read_into_all(&[slice(&mut got[have..end])]).unwrap();
         }
         assert!(got == data);
         assert!(pipe.is_empty());
