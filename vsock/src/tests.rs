@@ -138,6 +138,12 @@ impl Harness {
         s
     }
 
+    /// Sends `data` as one RW packet on `gc` and counts it against the guest's credit.
+    fn send_rw(&mut self, gc: &mut GuestConn, data: &[u8]) {
+        self.send(gc.hdr(op::RW), data);
+        gc.tx_cnt = gc.tx_cnt.wrapping_add(data.len() as u32);
+    }
+
     /// Sends a packet; its `len` is the length of `data`.
     fn send(&mut self, hdr: Header, data: &[u8]) {
         let hdr = Header {
@@ -380,15 +386,8 @@ fn data_both_ways_with_wrapping_queues() {
         while sent_guest < total && gc.credit() > 0 && h.drv.tx.free_descriptors() >= 2 {
             let n = (total - sent_guest).min(1000).min(gc.credit() as usize);
             let data = to_host[sent_guest..sent_guest + n].to_vec();
-            h.send(
-                Header {
-                    len: n as u32,
-                    ..gc.hdr(op::RW)
-                },
-                &data,
-            );
+            h.send_rw(&mut gc, &data);
             sent_guest += n;
-            gc.tx_cnt = gc.tx_cnt.wrapping_add(n as u32);
         }
         let pkts = h.pump();
         let before = gc.fwd_cnt;
@@ -483,15 +482,8 @@ fn slow_host_reader_exhausts_credit_without_stalling_others() {
             }
         }
         let n = a.credit().min(4096) as usize;
-        h.send(
-            Header {
-                len: n as u32,
-                ..a.hdr(op::RW)
-            },
-            &payload[sent..sent + n],
-        );
+        h.send_rw(&mut a, &payload[sent..sent + n]);
         sent += n;
-        a.tx_cnt += n as u32;
     }
     assert_eq!(a.credit(), 0, "the guest must run out of credit");
     assert!(sent < payload.len());
@@ -500,13 +492,7 @@ fn slow_host_reader_exhausts_credit_without_stalling_others() {
     fast.write_all(b"ping").unwrap();
     b.absorb(&h.pump(), &mut got);
     assert_eq!(got, b"ping");
-    h.send(
-        Header {
-            len: 4,
-            ..b.hdr(op::RW)
-        },
-        b"pong",
-    );
+    h.send_rw(&mut b, b"pong");
     h.pump();
     let mut buf = [0u8; 4];
     fast.read_exact(&mut buf).unwrap();
@@ -538,18 +524,12 @@ fn slow_host_reader_exhausts_credit_without_stalling_others() {
 #[test]
 fn writes_beyond_credit_reset_the_connection() {
     let mut h = Harness::new();
-    let (mut slow, a) = host_connect(&mut h, 30);
+    let (mut slow, mut a) = host_connect(&mut h, 30);
     let chunk = vec![1u8; 65536];
     let mut rst = false;
     // Ignore credit altogether: the host socket fills, then the 64 KiB buffer, then RST.
     for _ in 0..64 {
-        h.send(
-            Header {
-                len: 65536,
-                ..a.hdr(op::RW)
-            },
-            &chunk,
-        );
+        h.send_rw(&mut a, &chunk);
         let pkts = h.pump();
         if pkts.iter().any(|(p, _)| p.op == op::RST && a.mine(p)) {
             rst = true;
@@ -570,13 +550,7 @@ fn guest_shutdown_send_then_host_close() {
     let mut h = Harness::new();
     let l = h.listen(40);
     let (mut host, mut gc) = guest_connect(&mut h, &l, 600, 40);
-    h.send(
-        Header {
-            len: 3,
-            ..gc.hdr(op::RW)
-        },
-        b"abc",
-    );
+    h.send_rw(&mut gc, b"abc");
     h.send(
         Header {
             flags: shutdown::SEND,
@@ -612,13 +586,7 @@ fn host_shutdown_write_then_guest_close() {
     assert_eq!(data, b"last words");
     assert_eq!(ops.last(), Some(&op::SHUTDOWN));
     // The guest can still send.
-    h.send(
-        Header {
-            len: 2,
-            ..gc.hdr(op::RW)
-        },
-        b"ok",
-    );
+    h.send_rw(&mut gc, b"ok");
     h.pump();
     let mut buf = [0u8; 2];
     client.read_exact(&mut buf).unwrap();
@@ -744,7 +712,7 @@ fn connection_cap_1023_plus_one() {
 fn malformed_tx_packets() {
     let mut h = Harness::new();
     let l = h.listen(60);
-    let (mut host, gc) = guest_connect(&mut h, &l, 700, 60);
+    let (mut host, mut gc) = guest_connect(&mut h, &l, 700, 60);
 
     // Wrong source CID: dropped silently.
     h.send(
@@ -932,13 +900,7 @@ fn malformed_tx_packets() {
     );
 
     // The established connection still works.
-    h.send(
-        Header {
-            len: 2,
-            ..gc.hdr(op::RW)
-        },
-        b"hi",
-    );
+    h.send_rw(&mut gc, b"hi");
     h.pump();
     let mut buf = [0u8; 2];
     host.read_exact(&mut buf).unwrap();
@@ -952,13 +914,7 @@ fn malformed_tx_packets() {
         },
         &[],
     );
-    h.send(
-        Header {
-            len: 2,
-            ..gc.hdr(op::RW)
-        },
-        b"no",
-    );
+    h.send_rw(&mut gc, b"no");
     let p = h.pump();
     assert!(p.iter().any(|(p, _)| p.op == op::RST && gc.mine(p)));
     assert_eq!(h.core.counters().bad_state, 1);

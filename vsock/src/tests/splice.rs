@@ -4,18 +4,6 @@ use super::*;
 
 use crate::conn::SPLICE_MIN_LEN;
 
-/// Sends `data` as one RW packet on `g`.
-fn send_rw(h: &mut Harness, g: &mut GuestConn, data: &[u8]) {
-    h.send(
-        Header {
-            len: data.len() as u32,
-            ..g.hdr(op::RW)
-        },
-        data,
-    );
-    g.tx_cnt = g.tx_cnt.wrapping_add(data.len() as u32);
-}
-
 /// Runs the device once and returns the tx chains it gave back.
 fn step(h: &mut Harness) -> usize {
     h.core.process_backend();
@@ -38,7 +26,7 @@ fn large_packets_are_held_until_the_host_has_read_them() {
     let (mut client, mut g) = host_connect(&mut h, 30);
     let mut rng = Rng::new(30);
     let first = rng.bytes(64 * 1024);
-    send_rw(&mut h, &mut g, &first);
+    h.send_rw(&mut g, &first);
     assert_eq!(step(&mut h), 0, "a spliced packet stays with the host");
     assert_eq!(h.drv.tx.in_flight(), 1);
     // A partly read socket buffer still references the guest's pages.
@@ -56,11 +44,11 @@ fn large_packets_are_held_until_the_host_has_read_them() {
     assert_eq!(h.drv.tx.in_flight(), 0);
     // The guest reuses the same buffer for new data: the host sees the new data.
     let second = rng.bytes(64 * 1024);
-    send_rw(&mut h, &mut g, &second);
+    h.send_rw(&mut g, &second);
     step(&mut h);
     assert_eq!(read_n(&mut client, second.len()), second);
     // Small packets are copied and returned at once.
-    send_rw(&mut h, &mut g, &second[..SPLICE_MIN_LEN - 1]);
+    h.send_rw(&mut g, &second[..SPLICE_MIN_LEN - 1]);
     assert_eq!(step(&mut h), 2);
     assert_eq!(
         read_n(&mut client, SPLICE_MIN_LEN - 1),
@@ -86,7 +74,7 @@ fn held_buffers_never_take_more_than_half_the_queue() {
         if n < SPLICE_MIN_LEN || h.drv.tx.free_descriptors() < 2 || sent + n > payload.len() {
             break;
         }
-        send_rw(&mut h, &mut a, &payload[sent..sent + n]);
+        h.send_rw(&mut a, &payload[sent..sent + n]);
         sent += n;
     }
     h.pump();
@@ -100,7 +88,7 @@ fn held_buffers_never_take_more_than_half_the_queue() {
     let mut got = Vec::new();
     b.absorb(&h.pump(), &mut got);
     assert_eq!(got, b"ping");
-    send_rw(&mut h, &mut b, b"pong");
+    h.send_rw(&mut b, b"pong");
     h.pump();
     assert_eq!(read_n(&mut fast, 4), b"pong");
     let mut got = Vec::new();
@@ -134,7 +122,7 @@ fn closed_connection_keeps_buffers_until_the_host_has_read() {
     let mut h = Harness::new();
     let (mut client, mut g) = host_connect(&mut h, 33);
     let data = Rng::new(33).bytes(48 * 1024);
-    send_rw(&mut h, &mut g, &data);
+    h.send_rw(&mut g, &data);
     h.send(
         Header {
             flags: shutdown::BOTH,
@@ -157,7 +145,7 @@ fn closed_connection_keeps_buffers_until_the_host_has_read() {
 fn host_hang_up_releases_held_buffers() {
     let mut h = Harness::new();
     let (client, mut g) = host_connect(&mut h, 34);
-    send_rw(&mut h, &mut g, &Rng::new(34).bytes(64 * 1024));
+    h.send_rw(&mut g, &Rng::new(34).bytes(64 * 1024));
     h.pump();
     assert_eq!(h.drv.tx.in_flight(), 1);
     drop(client);
@@ -171,7 +159,7 @@ fn host_hang_up_releases_held_buffers() {
 fn resets_return_or_forget_held_buffers() {
     let mut h = Harness::new();
     let (_client, mut g) = host_connect(&mut h, 35);
-    send_rw(&mut h, &mut g, &Rng::new(35).bytes(64 * 1024));
+    h.send_rw(&mut g, &Rng::new(35).bytes(64 * 1024));
     h.pump();
     assert_eq!(h.drv.tx.in_flight(), 1);
     h.core.reset();
@@ -179,7 +167,7 @@ fn resets_return_or_forget_held_buffers() {
     assert_eq!(h.drv.tx.in_flight(), 0);
 
     let (_client, mut g) = host_connect(&mut h, 36);
-    send_rw(&mut h, &mut g, &Rng::new(36).bytes(64 * 1024));
+    h.send_rw(&mut g, &Rng::new(36).bytes(64 * 1024));
     h.pump();
     assert_eq!(h.drv.tx.in_flight(), 1);
     h.core.reset_device();
