@@ -148,11 +148,16 @@ fn exec(args: &ExecArgs) -> Result<u8> {
     }
 }
 
-/// Whether standard input is /dev/null (or closed).
+/// Whether standard input is /dev/null (or closed). Decided from fd 0 itself: `/dev/stdin` is a
+/// link that minimal systems (an initramfs, a container's /dev) often lack.
 fn stdin_is_null() -> bool {
+    use std::os::fd::AsFd;
     use std::os::unix::fs::MetadataExt;
+    let Ok(fd) = std::io::stdin().as_fd().try_clone_to_owned() else {
+        return true;
+    };
     let (Ok(stdin), Ok(null)) = (
-        std::fs::metadata("/dev/stdin"),
+        std::fs::File::from(fd).metadata(),
         std::fs::metadata("/dev/null"),
     ) else {
         return true;
