@@ -14,6 +14,8 @@ packages=(
   socat
   # guest-kernel-config/build.sh keeps the kernel tree in git (pristine + series)
   git
+  # the L1 test machine (scripts/build-l1.sh): its kernel is unpacked from an xz bzImage payload
+  xz-utils file
 )
 
 missing=()

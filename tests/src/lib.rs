@@ -7,6 +7,7 @@
 pub mod capsule;
 pub mod cli;
 pub mod guests;
+pub mod l1;
 pub mod qemu;
 pub mod tier;
 pub mod vsock_echo;

@@ -13,7 +13,8 @@ use capsule_tests::capsule::{run_capsule, CapsuleOutcome, CapsuleRun, DEFAULT_TI
 use capsule_tests::guests::{
     write_test_initrd, BootExpect, BootPath, Guest, GuestReport, ScratchDir, HELLO_LINE,
 };
-use capsule_tests::tier::{run_tier_tests, Tier, TierTest};
+use capsule_tests::tier::run_backend_tests;
+use capsule_tests::tiny_guest_tests_on_kvm;
 
 /// capsule attaches one virtio-rng device (id 4) at this address and announces it.
 const VIRTIO_RNG_ADDR: &str = "0xd0000000";
@@ -235,42 +236,22 @@ fn usage_error_without_kernel() -> Result<(), String> {
 }
 
 fn main() {
-    let t = |name: &'static str, run: fn() -> Result<(), String>| TierTest {
-        name,
-        tier: Tier::T1,
-        run,
-    };
-    run_tier_tests(vec![
-        t("capsule_hello_line_on_console", hello_line_on_console),
-        t("capsule_bootcheck_pvh", bootcheck_pvh),
-        t("capsule_bootcheck_linux64_boot_protocol", bootcheck_linux64),
-        t("capsule_virtio_probe_finds_rng", virtio_probe),
-        t("capsule_kvm_internal_error_exits_4", exec_mmio_exits_4),
-        t(
-            "capsule_virtio_probe_finds_rng_vsock_blk",
-            virtio_probe_finds_all_device_kinds,
-        ),
-        t("capsule_reboot_exits_0", reboot_exits_0),
-        t("capsule_triple_fault_exits_3", triple_fault_exits_3),
-        t("capsule_rejects_missing_kernel", missing_kernel),
-        t("capsule_rejects_unreadable_kernel", unreadable_kernel),
-        t(
-            "capsule_rejects_kernel_neither_elf_nor_bzimage",
-            kernel_neither_elf_nor_bzimage,
-        ),
-        t(
-            "capsule_rejects_initrd_larger_than_memory",
-            initrd_larger_than_memory,
-        ),
-        t("capsule_rejects_memory_zero", memory_zero),
-        t("capsule_rejects_cpus_zero", cpus_zero),
-        t(
-            "capsule_rejects_cpus_more_than_kvm_allows",
-            cpus_more_than_kvm_allows,
-        ),
-        t(
-            "capsule_usage_error_without_kernel",
-            usage_error_without_kernel,
-        ),
+    run_backend_tests(tiny_guest_tests_on_kvm![
+        "capsule_hello_line_on_console" => hello_line_on_console,
+        "capsule_bootcheck_pvh" => bootcheck_pvh,
+        "capsule_bootcheck_linux64_boot_protocol" => bootcheck_linux64,
+        "capsule_virtio_probe_finds_rng" => virtio_probe,
+        "capsule_kvm_internal_error_exits_4" => exec_mmio_exits_4,
+        "capsule_virtio_probe_finds_rng_vsock_blk" => virtio_probe_finds_all_device_kinds,
+        "capsule_reboot_exits_0" => reboot_exits_0,
+        "capsule_triple_fault_exits_3" => triple_fault_exits_3,
+        "capsule_rejects_missing_kernel" => missing_kernel,
+        "capsule_rejects_unreadable_kernel" => unreadable_kernel,
+        "capsule_rejects_kernel_neither_elf_nor_bzimage" => kernel_neither_elf_nor_bzimage,
+        "capsule_rejects_initrd_larger_than_memory" => initrd_larger_than_memory,
+        "capsule_rejects_memory_zero" => memory_zero,
+        "capsule_rejects_cpus_zero" => cpus_zero,
+        "capsule_rejects_cpus_more_than_kvm_allows" => cpus_more_than_kvm_allows,
+        "capsule_usage_error_without_kernel" => usage_error_without_kernel,
     ]);
 }

@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use capsule_tests::capsule::{capsule_binary, run_with_timeout, ProcessOutcome};
 use capsule_tests::guests::{GuestReport, ScratchDir};
-use capsule_tests::tier::{run_tier_tests, Tier, TierTest};
+use capsule_tests::tier::run_backend_tests;
+use capsule_tests::tiny_guest_tests_on_kvm;
 use capsule_tests::vsock_echo::{echo_through, guest_line, random_bytes, wait_for};
 
 const GUEST_PORT: u32 = 1234;
@@ -81,9 +82,7 @@ fn echo_on_capsule() -> Result<(), String> {
 }
 
 fn main() {
-    run_tier_tests(vec![TierTest {
-        name: "vsock_echo_64k_and_guest_initiated_connection",
-        tier: Tier::T1,
-        run: echo_on_capsule,
-    }]);
+    run_backend_tests(tiny_guest_tests_on_kvm![
+        "vsock_echo_64k_and_guest_initiated_connection" => echo_on_capsule,
+    ]);
 }
