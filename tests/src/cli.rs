@@ -96,7 +96,20 @@ impl CapsuleCli {
 
     /// A `capsule` command with this user's environment, for callers that manage the process.
     pub fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(&self.bin);
+        self.command_via(&[], args)
+    }
+
+    /// A `capsule` command run by `wrapper` (a program and its arguments, which end with
+    /// capsule's path and `args`), with this user's environment.
+    pub fn command_via(&self, wrapper: &[&str], args: &[&str]) -> Command {
+        let mut cmd = match wrapper.split_first() {
+            Some((program, wrapper_args)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(wrapper_args).arg(&self.bin);
+                cmd
+            }
+            None => Command::new(&self.bin),
+        };
         cmd.args(args)
             .env("CAPSULE_STATE_DIR", self.state.path())
             .env("CAPSULE_GUEST_DIR", guest_dir());
@@ -110,8 +123,18 @@ impl CapsuleCli {
     /// Runs a command, feeding `input` on stdin (else stdin is empty), killed after
     /// [`COMMAND_TIMEOUT`].
     pub fn run_with_input(&self, args: &[&str], input: Option<&[u8]>) -> Result<Outcome, String> {
-        let mut child = self
-            .command(args)
+        self.run_command(self.command(args), args, input)
+    }
+
+    /// Runs `cmd` (made by [`Self::command`] or [`Self::command_via`] from `args`) like
+    /// [`Self::run_with_input`].
+    pub fn run_command(
+        &self,
+        mut cmd: Command,
+        args: &[&str],
+        input: Option<&[u8]>,
+    ) -> Result<Outcome, String> {
+        let mut child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

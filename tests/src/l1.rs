@@ -181,7 +181,7 @@ pub fn run_test_inside(test: &str, guest: GuestKind) -> Result<(), String> {
     // microvm has no HPET or ACPI PM timer to calibrate the TSC against: give the kernel the
     // figures instead of letting it hang in the calibration and the IO-APIC timer check.
     let append = format!(
-        "console=ttyS0 quiet panic=-1 tsc_early_khz=2000000 lpj=4000000 no_timer_check \
+        "console=ttyS0 quiet panic=-1 pci=off tsc_early_khz=2000000 lpj=4000000 no_timer_check \
          capsule.job={}",
         job.path().display()
     );
