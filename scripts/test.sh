@@ -12,6 +12,9 @@ step "dependencies"
 step "default guest: kernel (cached by input hash), static agent, initramfs"
 ./scripts/build-guest.sh
 
+step "L1 test machine (Debian's kernel with emulated SVM; cached by package version)"
+./scripts/build-l1.sh
+
 step "test tiers on this machine"
 cargo run -q -p capsule-tests --bin capsule-tiers
 

@@ -94,9 +94,9 @@ fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
-/// The script the L1 runs: load KVM, then this test binary with only `test` selected.
-fn job_script(kit: &Kit, test: &str) -> Result<String, String> {
-    let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
+/// The script the L1 runs: load KVM, then `command` (a shell command line) in the current
+/// directory, with stdout and stderr on the console.
+fn job_script(kit: &Kit, command: &str) -> Result<String, String> {
     let cwd = std::env::current_dir().map_err(|e| format!("current_dir: {e}"))?;
     // Built (when needed) here: the L1 has no cargo.
     let capsule = capsule_binary()?.display().to_string();
@@ -117,11 +117,7 @@ fn job_script(kit: &Kit, test: &str) -> Result<String, String> {
         shell_quote(&modroot)
     );
     script += &format!("cd {}\n", shell_quote(&cwd.display().to_string()));
-    script += &format!(
-        "exec {} --exact {} --nocapture --test-threads 1 --color never 2>&1\n",
-        shell_quote(&exe.display().to_string()),
-        shell_quote(test)
-    );
+    script += &format!("exec 2>&1\n{command}\n");
     Ok(script)
 }
 
@@ -135,48 +131,26 @@ impl Drop for Machine {
     }
 }
 
-/// How the test inside ended, as read from the console.
-#[derive(Default)]
-struct Verdict {
-    /// libtest's closing line: `test result: ok. 1 passed; 0 failed; 0 ignored; ...`.
-    counts: Option<(u32, u32, u32)>,
-    /// `@@l1 exit N`.
-    exit: Option<i32>,
-    /// `@@l1 setup failed: ...`.
-    setup_failure: Option<String>,
+/// How a command run in L1 ended.
+pub struct L1Outcome {
+    /// The command's exit status (`@@l1 exit N`), `None` when the machine never said.
+    pub exit: Option<i32>,
+    /// The last console lines, for a failure report.
+    pub tail: String,
 }
 
-impl Verdict {
-    fn read(&mut self, line: &str) {
-        if let Some(rest) = line.strip_prefix("test result: ") {
-            let count = |word: &str| {
-                rest.split(';')
-                    .find_map(|part| part.trim().strip_suffix(word)?.trim().parse().ok())
-            };
-            let passed = rest.split_once(". ").and_then(|(_, r)| {
-                r.split(';')
-                    .next()?
-                    .trim()
-                    .strip_suffix(" passed")?
-                    .parse()
-                    .ok()
-            });
-            if let (Some(p), Some(f), Some(i)) = (passed, count(" failed"), count(" ignored")) {
-                self.counts = Some((p, f, i));
-            }
-        } else if let Some(code) = line.strip_prefix("@@l1 exit ") {
-            self.exit = code.trim().parse().ok();
-        } else if let Some(what) = line.strip_prefix("@@l1 setup failed: ") {
-            self.setup_failure = Some(what.to_string());
-        }
-    }
-}
-
-/// Runs the test named `test` of this binary inside a fresh L1 machine and returns its result.
-pub fn run_test_inside(test: &str, guest: GuestKind) -> Result<(), String> {
+/// Runs `command` (a shell command line, run by /bin/sh in the current directory with this
+/// process's CAPSULE_* environment) inside a fresh L1 machine, handing each console line to
+/// `on_line`. Fails when the machine cannot start, its set-up fails, it stops producing output
+/// or it passes `deadline`.
+pub fn run_in_l1(
+    command: &str,
+    deadline: Duration,
+    mut on_line: impl FnMut(&str),
+) -> Result<L1Outcome, String> {
     let kit = kit()?;
     let job = ScratchDir::new("l1-job")?;
-    std::fs::write(job.join("job.sh"), job_script(kit, test)?)
+    std::fs::write(job.join("job.sh"), job_script(kit, command)?)
         .map_err(|e| format!("writing the L1 job: {e}"))?;
     // microvm has no HPET or ACPI PM timer to calibrate the TSC against: give the kernel the
     // figures instead of letting it hang in the calibration and the IO-APIC timer check.
@@ -232,9 +206,10 @@ pub fn run_test_inside(test: &str, guest: GuestKind) -> Result<(), String> {
     drop(lines_tx);
 
     let started = Instant::now();
-    let limit = deadline(guest);
+    let limit = deadline;
     let mut tail = VecDeque::with_capacity(TAIL_LINES);
-    let mut verdict = Verdict::default();
+    let mut exit = None;
+    let mut setup_failure = None;
     let failure = loop {
         let left = limit.saturating_sub(started.elapsed());
         match lines.recv_timeout(SILENCE_LIMIT.min(left)) {
@@ -242,8 +217,12 @@ pub fn run_test_inside(test: &str, guest: GuestKind) -> Result<(), String> {
                 if line == "@@l1 alive" {
                     continue;
                 }
-                eprintln!("L1| {line}");
-                verdict.read(&line);
+                on_line(&line);
+                if let Some(what) = line.strip_prefix("@@l1 setup failed: ") {
+                    setup_failure = Some(what.to_string());
+                } else if let Some(code) = line.strip_prefix("@@l1 exit ") {
+                    exit = code.trim().parse().ok();
+                }
                 if tail.len() == TAIL_LINES {
                     tail.pop_front();
                 }
@@ -262,31 +241,82 @@ pub fn run_test_inside(test: &str, guest: GuestKind) -> Result<(), String> {
         }
     };
     let status = machine.0.wait().ok();
-    let tail = || Vec::from(tail.clone()).join("\n");
+    let tail = Vec::from(tail).join("\n");
     if let Some(failure) = failure {
-        return Err(format!("{failure}\nconsole tail:\n{}", tail()));
+        return Err(format!("{failure}\nconsole tail:\n{tail}"));
     }
-    if let Some(what) = verdict.setup_failure {
+    if let Some(what) = setup_failure {
+        return Err(format!("L1 set-up failed: {what}\nconsole tail:\n{tail}"));
+    }
+    if exit.is_none() {
         return Err(format!(
-            "L1 set-up failed: {what}\nconsole tail:\n{}",
-            tail()
+            "the L1 machine ended ({status:?}) before its job did\nconsole tail:\n{tail}"
         ));
     }
-    match (verdict.counts, verdict.exit) {
+    Ok(L1Outcome { exit, tail })
+}
+
+/// Runs the test named `test` of this binary inside a fresh L1 machine and returns its result.
+pub fn run_test_inside(test: &str, guest: GuestKind) -> Result<(), String> {
+    let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
+    let command = format!(
+        "exec {} --exact {} --nocapture --test-threads 1 --color never",
+        shell_quote(&exe.display().to_string()),
+        shell_quote(test)
+    );
+    let mut counts = None;
+    let outcome = run_in_l1(&command, deadline(guest), |line| {
+        eprintln!("L1| {line}");
+        counts = counts.or(libtest_counts(line));
+    })?;
+    let tail = outcome.tail;
+    match (counts, outcome.exit) {
         (Some((1, 0, 0)), Some(0)) => Ok(()),
         (Some((0, 0, 1)), _) => Err(format!(
-            "inside L1 the test was skipped, so L1 lacks what it needs:\n{}",
-            tail()
+            "inside L1 the test was skipped, so L1 lacks what it needs:\n{tail}"
         )),
         (Some((passed, failed, ignored)), code) => Err(format!(
             "inside L1: {passed} passed, {failed} failed, {ignored} ignored (exit {code:?})\n\
-             console tail:\n{}",
-            tail()
+             console tail:\n{tail}"
         )),
         (None, code) => Err(format!(
-            "the L1 machine ended ({status:?}) without a result for {test} (job exit {code:?})\n\
-             console tail:\n{}",
-            tail()
+            "no test result for {test} from the L1 machine (job exit {code:?})\n\
+             console tail:\n{tail}"
         )),
+    }
+}
+
+/// (passed, failed, ignored) from libtest's closing line:
+/// `test result: ok. 1 passed; 0 failed; 0 ignored; ...`.
+fn libtest_counts(line: &str) -> Option<(u32, u32, u32)> {
+    let rest = line.strip_prefix("test result: ")?;
+    let (_, counts) = rest.split_once(". ")?;
+    let count = |word: &str| {
+        counts
+            .split(';')
+            .find_map(|part| part.trim().strip_suffix(word)?.trim().parse().ok())
+    };
+    Some((count(" passed")?, count(" failed")?, count(" ignored")?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_libtest_closing_line() {
+        let line = "test result: ok. 1 passed; 0 failed; 0 ignored; 0 measured; 31 filtered out; \
+                    finished in 1.56s";
+        assert_eq!(libtest_counts(line), Some((1, 0, 0)));
+        let line = "test result: FAILED. 0 passed; 1 failed; 0 ignored; 0 measured";
+        assert_eq!(libtest_counts(line), Some((0, 1, 0)));
+        assert_eq!(libtest_counts("test foo ... ok"), None);
+        assert_eq!(libtest_counts("test result: garbage"), None);
+    }
+
+    #[test]
+    fn quotes_for_the_shell() {
+        assert_eq!(shell_quote("a b"), "'a b'");
+        assert_eq!(shell_quote("it's"), r"'it'\''s'");
     }
 }

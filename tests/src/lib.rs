@@ -1,6 +1,6 @@
 //! Shared infrastructure for capsule's integration tests.
 //!
-//! Tests are grouped in tiers (see `PLATFORM.md` in the design notes): a tier's tests run only on
+//! Tests are grouped in tiers (see `docs/testing.md`): a tier's tests run only on
 //! a machine that has what the tier needs, and are otherwise reported as ignored, with the reason
 //! printed, never as passed.
 

@@ -287,11 +287,7 @@ fn stdin_without_dev_stdin(backend: Backend) -> Result<(), String> {
          test ! -e /dev/stdin && exec \"$@\"",
         "sh",
     ];
-    let out = cli.run_command(
-        cli.command_via(&wrapper, &args),
-        &args,
-        Some(b"piped in\n"),
-    )?;
+    let out = cli.run_command(cli.command_via(&wrapper, &args), &args, Some(b"piped in\n"))?;
     out.expect_code(0)?.expect_stdout("piped in\n")?;
     Ok(())
 }
@@ -378,9 +374,16 @@ fn invalid_flags(backend: Backend) -> Result<(), String> {
         ("fs,empty-fs", "exclude each other"),
         ("0x1000", "unknown bits"),
     ] {
-        cli.run(&["create", "vm", "--backend", backend.cli_name(), "--flags", flags])?
-            .expect_code(1)?
-            .expect_stderr_has(&[message])?;
+        cli.run(&[
+            "create",
+            "vm",
+            "--backend",
+            backend.cli_name(),
+            "--flags",
+            flags,
+        ])?
+        .expect_code(1)?
+        .expect_stderr_has(&[message])?;
     }
     // Nothing was booted or left behind.
     if std::fs::read_dir(cli.state_dir())

@@ -1,6 +1,6 @@
-//! Tier T2: container roots from images, end to end. An OCI image layout holding Debian's static
+//! Container roots from images, end to end, on every backend this machine offers. An OCI image layout holding Debian's static
 //! busybox is built with standard tools (tar, gzip, sha256sum), turned into ext4 and erofs images
-//! by `capsule image build --from-oci`, and booted as container roots on the QEMU backend:
+//! by `capsule image build --from-oci`, and booted as container roots:
 //! the image's files are there, a read-only root refuses writes with EROFS, and a file written to
 //! a `--rootfs-rw` root survives `stop` and a new `create`.
 
@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use capsule_tests::cli::{CapsuleCli, Outcome};
-use capsule_tests::tier::{run_tier_tests, Tier, TierTest};
+use capsule_tests::tier::{run_backend_tests, Backend, BackendTest, GuestKind, EVERY_BACKEND};
 
 const OS_RELEASE: &str = "PRETTY_NAME=\"capsule rootfs test image\"\nID=capsule-test\n";
 
@@ -108,8 +108,13 @@ fn build_image(cli: &CapsuleCli, layout: &Path, out: &Path, format: &str) -> Res
     Ok(())
 }
 
-fn create(cli: &CapsuleCli, name: &str, extra: &[&str]) -> Result<Outcome, String> {
-    let mut args = vec!["create", name, "--backend", "qemu-tcg"];
+fn create(
+    cli: &CapsuleCli,
+    backend: Backend,
+    name: &str,
+    extra: &[&str],
+) -> Result<Outcome, String> {
+    let mut args = vec!["create", name, "--backend", backend.cli_name()];
     args.extend_from_slice(extra);
     let out = cli.run(&args)?;
     out.expect_code(0)?;
@@ -123,7 +128,7 @@ fn os_release_is_the_images(cli: &CapsuleCli, name: &str) -> Result<(), String> 
     Ok(())
 }
 
-fn ext4_root_read_only_and_read_write() -> Result<(), String> {
+fn ext4_root_read_only_and_read_write(backend: Backend) -> Result<(), String> {
     let cli = CapsuleCli::new("rootfs-ext4")?;
     let layout = busybox_layout(cli.state_dir())?;
     let image = cli.state_dir().join("root.ext4");
@@ -131,7 +136,7 @@ fn ext4_root_read_only_and_read_write() -> Result<(), String> {
     let image_arg = image.display().to_string();
 
     // Read-only (the default): the image's files, and writes refused.
-    create(&cli, "ro", &["--rootfs", &image_arg])?;
+    create(&cli, backend, "ro", &["--rootfs", &image_arg])?;
     os_release_is_the_images(&cli, "ro")?;
     cli.run(&["exec", "ro", "--", "touch", "/new-file"])?
         .expect_code(1)?
@@ -139,12 +144,22 @@ fn ext4_root_read_only_and_read_write() -> Result<(), String> {
     cli.run(&["rm", "--force", "ro"])?.expect_code(0)?;
 
     // Read-write: a file written survives stop and a new create.
-    create(&cli, "rw", &["--rootfs", &image_arg, "--rootfs-rw"])?;
+    create(
+        &cli,
+        backend,
+        "rw",
+        &["--rootfs", &image_arg, "--rootfs-rw"],
+    )?;
     cli.run(&["exec", "rw", "--", "sh", "-c", "echo kept > /root/note"])?
         .expect_code(0)?;
     cli.run(&["stop", "rw"])?.expect_code(0)?;
     cli.run(&["rm", "rw"])?.expect_code(0)?;
-    create(&cli, "rw", &["--rootfs", &image_arg, "--rootfs-rw"])?;
+    create(
+        &cli,
+        backend,
+        "rw",
+        &["--rootfs", &image_arg, "--rootfs-rw"],
+    )?;
     cli.run(&["exec", "rw", "--", "cat", "/root/note"])?
         .expect_code(0)?
         .expect_stdout("kept\n")?;
@@ -152,12 +167,17 @@ fn ext4_root_read_only_and_read_write() -> Result<(), String> {
     Ok(())
 }
 
-fn erofs_root() -> Result<(), String> {
+fn erofs_root(backend: Backend) -> Result<(), String> {
     let cli = CapsuleCli::new("rootfs-erofs")?;
     let layout = busybox_layout(cli.state_dir())?;
     let image = cli.state_dir().join("root.erofs");
     build_image(&cli, &layout, &image, "erofs")?;
-    create(&cli, "web", &["--rootfs", &image.display().to_string()])?;
+    create(
+        &cli,
+        backend,
+        "web",
+        &["--rootfs", &image.display().to_string()],
+    )?;
     os_release_is_the_images(&cli, "web")?;
     cli.run(&["exec", "web", "--", "touch", "/x"])?
         .expect_code(1)?
@@ -165,7 +185,7 @@ fn erofs_root() -> Result<(), String> {
     Ok(())
 }
 
-fn volume_mounted_in_the_container() -> Result<(), String> {
+fn volume_mounted_in_the_container(backend: Backend) -> Result<(), String> {
     let cli = CapsuleCli::new("rootfs-volume")?;
     let data = cli.state_dir().join("data");
     std::fs::create_dir_all(&data).map_err(|e| e.to_string())?;
@@ -175,7 +195,7 @@ fn volume_mounted_in_the_container() -> Result<(), String> {
     cli.run(&["image", "build", "--from-dir", &d, "-o", &i])?
         .expect_code(0)?;
     let volume = format!("{i}:/data:ro");
-    create(&cli, "vm", &["--volume", &volume])?;
+    create(&cli, backend, "vm", &["--volume", &volume])?;
     cli.run(&["exec", "vm", "--", "cat", "/data/hello.txt"])?
         .expect_code(0)?
         .expect_stdout("from a volume\n")?;
@@ -183,12 +203,13 @@ fn volume_mounted_in_the_container() -> Result<(), String> {
 }
 
 fn main() {
-    let t = |name, run| TierTest {
+    let t = |name, run| BackendTest {
         name,
-        tier: Tier::T2,
+        guest: GuestKind::Linux,
+        backends: EVERY_BACKEND,
         run,
     };
-    run_tier_tests(vec![
+    run_backend_tests(vec![
         t(
             "oci_busybox_ext4_root_read_only_then_read_write_persists",
             ext4_root_read_only_and_read_write,

@@ -1,9 +1,10 @@
-//! Boots the same tiny guest on capsule and on QEMU microvm, alternating, and reports per VMM:
+//! Boots the same guest on capsule and on QEMU microvm, alternating, and reports per VMM:
 //! wall time from process start to the guest's first serial byte, the VMM process's CPU time
 //! up to the point the guest is idle, and its memory overhead (RSS minus the guest RAM the run
 //! touched), as medians, with capsule/QEMU ratios.
 //!
-//! The guest (`tests/guests/idle.c`) prints one line and halts. Once that line has arrived and
+//! The guest is the tiny `tests/guests/idle.c`, which prints one line and halts, or a real
+//! kernel (`--kernel`, `--initrd`) whose init prints the `--ready` line (bench/l1.sh). Once that line has arrived and
 //! the VM has settled, the harness reads `/proc/<pid>/task/*/schedstat` (nanoseconds on CPU,
 //! all threads, including KVM work done in the kernel for the VMM) and `/proc/<pid>/smaps`
 //! (RSS per mapping; guest RAM is the anonymous mapping of the guest memory size), then kills
@@ -37,12 +38,41 @@ struct Args {
     /// Accelerator for QEMU (kvm for a like-for-like comparison).
     #[arg(long, default_value = "kvm")]
     qemu_accel: String,
+    /// Boot this kernel instead of the tiny idle guest (with `--ready`).
+    #[arg(long, requires = "ready")]
+    kernel: Option<PathBuf>,
+    /// Initramfs for `--kernel`.
+    #[arg(long, requires = "kernel")]
+    initrd: Option<PathBuf>,
+    /// Extra kernel command line for `--kernel` (both VMMs get `console=ttyS0 reboot=t
+    /// panic=1 pci=off` and this).
+    #[arg(long, default_value = "quiet", requires = "kernel")]
+    cmdline: String,
+    /// The console line that ends a boot (default: the idle guest's).
+    #[arg(long, requires = "kernel")]
+    ready: Option<String>,
+    /// Longest one boot may take, in seconds.
+    #[arg(long, default_value_t = 30)]
+    timeout: u64,
+}
+
+/// What to boot, the same on both VMMs.
+struct BootSpec<'a> {
+    kernel: &'a Path,
+    initrd: Option<&'a Path>,
+    /// The command line QEMU gets; capsule adds its own defaults to `cmdline`.
+    cmdline: Option<&'a str>,
+    ready: &'a [u8],
+    memory: u64,
+    timeout: Duration,
 }
 
 /// One boot's measurements.
 #[derive(Debug, Clone, Copy)]
 struct Sample {
     first_byte: Duration,
+    /// Until the ready line (the tiny guest's only line, or the real kernel's init marker).
+    ready: Duration,
     /// capsule only: VMM CPU time just before the first KVM_RUN, as capsule logs it.
     cpu_to_guest: Option<Duration>,
     cpu: Duration,
@@ -58,7 +88,8 @@ impl Sample {
 
 const READY_LINE: &[u8] = b"capsule-guest: idle halting";
 const SETTLE: Duration = Duration::from_millis(100);
-const BOOT_TIMEOUT: Duration = Duration::from_secs(30);
+/// What capsule's builder puts first on a Linux command line that QEMU microvm needs too.
+const LINUX_CMDLINE: &str = "console=ttyS0 reboot=t panic=1 pci=off";
 
 fn main() -> Result<()> {
     let args = Args::parse();
@@ -75,16 +106,24 @@ fn main() -> Result<()> {
             capsule.display()
         );
     }
-    let guest = Guest::Idle.pvh();
+    let idle = Guest::Idle.pvh();
+    let extra = args.kernel.as_ref().map(|_| args.cmdline.as_str());
+    let spec = BootSpec {
+        kernel: args.kernel.as_deref().unwrap_or(idle),
+        initrd: args.initrd.as_deref(),
+        cmdline: extra,
+        ready: args.ready.as_deref().map_or(READY_LINE, str::as_bytes),
+        memory: args.memory,
+        timeout: Duration::from_secs(args.timeout),
+    };
     let mut results: Vec<(&str, Vec<Sample>)> = vec![("capsule", Vec::new()), ("qemu", Vec::new())];
     for run in 0..args.runs {
         for (name, samples) in results.iter_mut() {
             let cmd = match *name {
-                "capsule" => capsule_command(&capsule, guest, args.memory),
-                _ => qemu_command(&args.qemu, &args.qemu_accel, guest, args.memory),
+                "capsule" => capsule_command(&capsule, &spec),
+                _ => qemu_command(&args.qemu, &args.qemu_accel, &spec),
             };
-            let sample =
-                measure(cmd, args.memory).with_context(|| format!("{name}, run {}", run + 1))?;
+            let sample = measure(cmd, &spec).with_context(|| format!("{name}, run {}", run + 1))?;
             samples.push(sample);
         }
         eprint!("\rruns: {}/{}", run + 1, args.runs);
@@ -94,26 +133,38 @@ fn main() -> Result<()> {
     Ok(())
 }
 
-fn capsule_command(capsule: &Path, guest: &Path, memory: u64) -> Command {
+fn capsule_command(capsule: &Path, spec: &BootSpec) -> Command {
     let mut cmd = Command::new(capsule);
     cmd.env("CAPSULE_LOG", "info");
     cmd.arg("run")
         .arg("--kernel")
-        .arg(guest)
+        .arg(spec.kernel)
         .arg("--memory")
-        .arg(memory.to_string());
+        .arg(spec.memory.to_string());
+    if let Some(initrd) = spec.initrd {
+        cmd.arg("--initrd").arg(initrd);
+    }
+    if let Some(extra) = spec.cmdline {
+        cmd.arg("--cmdline").arg(extra);
+    }
     cmd
 }
 
-fn qemu_command(qemu: &Path, accel: &str, guest: &Path, memory: u64) -> Command {
+fn qemu_command(qemu: &Path, accel: &str, spec: &BootSpec) -> Command {
     let mut cmd = Command::new(qemu);
+    if let Some(initrd) = spec.initrd {
+        cmd.arg("-initrd").arg(initrd);
+    }
+    if let Some(extra) = spec.cmdline {
+        cmd.arg("-append").arg(format!("{LINUX_CMDLINE} {extra}"));
+    }
     cmd.args([
         "-M",
         "microvm,x-option-roms=off,rtc=off,acpi=off",
         "-accel",
         accel,
         "-m",
-        &memory.to_string(),
+        &spec.memory.to_string(),
         "-smp",
         "1",
         "-nodefaults",
@@ -124,7 +175,7 @@ fn qemu_command(qemu: &Path, accel: &str, guest: &Path, memory: u64) -> Command 
         "stdio",
         "-kernel",
     ])
-    .arg(guest);
+    .arg(spec.kernel);
     cmd
 }
 
@@ -138,7 +189,8 @@ impl Drop for Reaper {
     }
 }
 
-fn measure(mut cmd: Command, memory_mib: u64) -> Result<Sample> {
+fn measure(mut cmd: Command, spec: &BootSpec) -> Result<Sample> {
+    let ready = spec.ready.to_vec();
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -167,7 +219,7 @@ fn measure(mut cmd: Command, memory_mib: u64) -> Result<Sample> {
                 Ok(n) => {
                     first.get_or_insert_with(|| start.elapsed());
                     seen.extend_from_slice(&buf[..n]);
-                    if seen.windows(READY_LINE.len()).any(|w| w == READY_LINE) {
+                    if seen.windows(ready.len()).any(|w| w == ready.as_slice()) {
                         let _ = tx.send(Ok(first.unwrap_or_default()));
                         return;
                     }
@@ -175,18 +227,20 @@ fn measure(mut cmd: Command, memory_mib: u64) -> Result<Sample> {
             }
         }
     });
-    let first_byte = match rx.recv_timeout(BOOT_TIMEOUT) {
+    let first_byte = match rx.recv_timeout(spec.timeout) {
         Ok(Ok(first)) => first,
         Ok(Err(console)) => bail!("the VMM ended before the guest was ready; console: {console:?}"),
-        Err(_) => bail!("the guest was not ready within {BOOT_TIMEOUT:?}"),
+        Err(_) => bail!("the guest was not ready within {:?}", spec.timeout),
     };
+    let ready_at = start.elapsed();
     std::thread::sleep(SETTLE);
     let cpu = process_cpu(pid)?;
-    let (rss_kib, guest_rss_kib) = rss(pid, memory_mib << 10)?;
+    let (rss_kib, guest_rss_kib) = rss(pid, spec.memory << 10)?;
     drop(child);
     let stderr = stderr.join().unwrap_or_default();
     Ok(Sample {
         first_byte,
+        ready: ready_at,
         cpu_to_guest: parse_cpu_to_guest(&stderr),
         cpu,
         rss_kib,
@@ -258,10 +312,11 @@ fn median(mut values: Vec<f64>) -> f64 {
 
 fn report(results: &[(&str, Vec<Sample>)]) {
     type Metric = (&'static str, &'static str, fn(&Sample) -> f64);
-    let metrics: [Metric; 4] = [
+    let metrics: [Metric; 5] = [
         ("first serial byte (wall)", "ms", |s| {
             s.first_byte.as_secs_f64() * 1e3
         }),
+        ("ready line (wall)", "ms", |s| s.ready.as_secs_f64() * 1e3),
         ("VMM CPU until guest idle", "ms", |s| {
             s.cpu.as_secs_f64() * 1e3
         }),

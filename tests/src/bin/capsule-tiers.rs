@@ -1,5 +1,6 @@
-//! Prints which test tiers this machine runs, and why the others are skipped.
+//! Prints which test tiers and places this machine runs, and why the others are skipped.
 
+use capsule_tests::l1;
 use capsule_tests::tier::{unavailable_reason, Tier};
 
 fn main() {
@@ -8,5 +9,11 @@ fn main() {
             None => println!("tier {tier:?}: runs"),
             Some(reason) => println!("tier {tier:?}: SKIPPED, {reason}"),
         }
+    }
+    match l1::unavailable_reason() {
+        None => println!(
+            "L1 machine (capsule's KVM backend on emulated SVM, the ::kvm-in-l1 tests): runs"
+        ),
+        Some(reason) => println!("L1 machine: not used, {reason}"),
     }
 }
