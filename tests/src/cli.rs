@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use crate::capsule::capsule_binary;
 use crate::guests::ScratchDir;
+use crate::tier::Backend;
 
 /// Longest a single command may take (a create boots a VM under QEMU's software CPU).
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(300);
@@ -114,6 +115,22 @@ impl CapsuleCli {
             .env("CAPSULE_STATE_DIR", self.state.path())
             .env("CAPSULE_GUEST_DIR", guest_dir());
         cmd
+    }
+
+    /// `capsule create NAME --backend BACKEND EXTRA...`; fails unless it exits 0 and prints the
+    /// VM's name.
+    pub fn create(&self, backend: Backend, name: &str, extra: &[&str]) -> Result<Outcome, String> {
+        let mut args = vec!["create", name, "--backend", backend.cli_name()];
+        args.extend_from_slice(extra);
+        let out = self.run(&args)?;
+        out.expect_code(0)?;
+        if out.stdout.trim() != name {
+            return Err(format!(
+                "create did not print the VM name\n{}",
+                out.describe()
+            ));
+        }
+        Ok(out)
     }
 
     pub fn run(&self, args: &[&str]) -> Result<Outcome, String> {

@@ -14,26 +14,6 @@ use std::time::{Duration, Instant};
 use capsule_tests::cli::{CapsuleCli, Outcome};
 use capsule_tests::tier::{run_backend_tests, Backend, BackendTest, GuestKind, EVERY_BACKEND};
 
-/// Creates a VM on `backend` and checks it started.
-fn create(
-    cli: &CapsuleCli,
-    backend: Backend,
-    name: &str,
-    extra: &[&str],
-) -> Result<Outcome, String> {
-    let mut args = vec!["create", name, "--backend", backend.cli_name()];
-    args.extend_from_slice(extra);
-    let out = cli.run(&args)?;
-    out.expect_code(0)?;
-    if out.stdout.trim() != name {
-        return Err(format!(
-            "create did not print the VM name\n{}",
-            out.describe()
-        ));
-    }
-    Ok(out)
-}
-
 fn exec(cli: &CapsuleCli, args: &[&str]) -> Result<Outcome, String> {
     let mut all = vec!["exec"];
     all.extend_from_slice(args);
@@ -63,7 +43,7 @@ fn chain(backend: Backend) -> Result<(), String> {
     let secret = cli.state_dir().join("secret");
     std::fs::write(&secret, b"open sesame").map_err(|e| e.to_string())?;
     let key = format!("user:greeting={}", secret.display());
-    create(&cli, backend, "web", &["--key", &key])?;
+    cli.create(backend, "web", &["--key", &key])?;
 
     // stdin, stdout, stderr and the exit code, each on its own stream.
     let out = cli.run_with_input(
@@ -233,7 +213,7 @@ fn chain(backend: Backend) -> Result<(), String> {
 /// tx packets spliced and held until the host has read them). The bytes must come back intact.
 fn bulk_stdio(backend: Backend) -> Result<(), String> {
     let cli = CapsuleCli::new("bulk")?;
-    create(&cli, backend, "bulk", &[])?;
+    cli.create(backend, "bulk", &[])?;
     // ASCII, so that the harness can hold stdout as text; a pattern that never repeats in
     // step with any power-of-two buffer size.
     let mut input = Vec::with_capacity(4 << 20);
@@ -273,7 +253,7 @@ fn bulk_stdio(backend: Backend) -> Result<(), String> {
 /// minimal /dev, as in an initramfs): capsule decides from fd 0 itself, not from that link.
 fn stdin_without_dev_stdin(backend: Backend) -> Result<(), String> {
     let cli = CapsuleCli::new("nostdin")?;
-    create(&cli, backend, "vm", &[])?;
+    cli.create(backend, "vm", &[])?;
     let args = ["exec", "vm", "--", "cat"];
     // A private mount namespace whose /dev holds only null.
     let wrapper = [
@@ -323,7 +303,7 @@ fn unknown_vm_name(_backend: Backend) -> Result<(), String> {
 
 fn name_already_in_use(backend: Backend) -> Result<(), String> {
     let cli = CapsuleCli::new("t2-dup")?;
-    create(&cli, backend, "dup", &[])?;
+    cli.create(backend, "dup", &[])?;
     cli.run(&["create", "dup", "--backend", backend.cli_name()])?
         .expect_code(1)?
         .expect_stderr_has(&["\"dup\" already exists"])?;
@@ -334,7 +314,7 @@ fn name_already_in_use(backend: Backend) -> Result<(), String> {
 
 fn exec_missing_binary(backend: Backend) -> Result<(), String> {
     let cli = CapsuleCli::new("t2-enoent")?;
-    create(&cli, backend, "vm", &[])?;
+    cli.create(backend, "vm", &[])?;
     exec(&cli, &["vm", "--", "/no/such/program"])?
         .expect_code(127)?
         .expect_stderr_has(&["ENOENT", "/no/such/program"])?;
@@ -343,7 +323,7 @@ fn exec_missing_binary(backend: Backend) -> Result<(), String> {
 
 fn mount_missing_source(backend: Backend) -> Result<(), String> {
     let cli = CapsuleCli::new("t2-mount")?;
-    create(&cli, backend, "vm", &[])?;
+    cli.create(backend, "vm", &[])?;
     cli.run(&[
         "mount", "vm", "--type", "ext4", "--source", "/dev/vdz", "/data",
     ])?
@@ -398,7 +378,7 @@ fn invalid_flags(backend: Backend) -> Result<(), String> {
 
 fn oversized_rpc(backend: Backend) -> Result<(), String> {
     let cli = CapsuleCli::new("t2-oversized")?;
-    create(&cli, backend, "vm", &[])?;
+    cli.create(backend, "vm", &[])?;
     let big = cli.state_dir().join("big");
     std::fs::write(&big, vec![b'x'; 5 << 20]).map_err(|e| e.to_string())?;
     let spec = format!("user:big={}", big.display());
@@ -449,7 +429,7 @@ fn guest_processes(backend: Backend, supervisor: u32) -> Result<Vec<u32>, String
 
 fn agent_not_answering(backend: Backend) -> Result<(), String> {
     let cli = CapsuleCli::new("t2-timeout")?;
-    create(&cli, backend, "vm", &[])?;
+    cli.create(backend, "vm", &[])?;
 
     // A call the agent cannot finish in time: starting a process in a frozen container.
     cli.run(&["freeze", "vm"])?.expect_code(0)?;
@@ -568,7 +548,7 @@ fn guest_kernel_panic(backend: Backend) -> Result<(), String> {
 
 fn vmm_killed(backend: Backend) -> Result<(), String> {
     let cli = CapsuleCli::new("t2-sigkill")?;
-    create(&cli, backend, "vm", &[])?;
+    cli.create(backend, "vm", &[])?;
     let (_, _, supervisor) = cli.status("vm")?;
     let supervisor = supervisor.ok_or("no supervisor pid")?;
     let machine = children(supervisor);

@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use capsule_tests::cli::{CapsuleCli, Outcome};
+use capsule_tests::cli::CapsuleCli;
 use capsule_tests::tier::{run_backend_tests, Backend, BackendTest, GuestKind, EVERY_BACKEND};
 
 const OS_RELEASE: &str = "PRETTY_NAME=\"capsule rootfs test image\"\nID=capsule-test\n";
@@ -108,19 +108,6 @@ fn build_image(cli: &CapsuleCli, layout: &Path, out: &Path, format: &str) -> Res
     Ok(())
 }
 
-fn create(
-    cli: &CapsuleCli,
-    backend: Backend,
-    name: &str,
-    extra: &[&str],
-) -> Result<Outcome, String> {
-    let mut args = vec!["create", name, "--backend", backend.cli_name()];
-    args.extend_from_slice(extra);
-    let out = cli.run(&args)?;
-    out.expect_code(0)?;
-    Ok(out)
-}
-
 fn os_release_is_the_images(cli: &CapsuleCli, name: &str) -> Result<(), String> {
     cli.run(&["exec", name, "--", "cat", "/etc/os-release"])?
         .expect_code(0)?
@@ -136,7 +123,7 @@ fn ext4_root_read_only_and_read_write(backend: Backend) -> Result<(), String> {
     let image_arg = image.display().to_string();
 
     // Read-only (the default): the image's files, and writes refused.
-    create(&cli, backend, "ro", &["--rootfs", &image_arg])?;
+    cli.create(backend, "ro", &["--rootfs", &image_arg])?;
     os_release_is_the_images(&cli, "ro")?;
     cli.run(&["exec", "ro", "--", "touch", "/new-file"])?
         .expect_code(1)?
@@ -144,22 +131,12 @@ fn ext4_root_read_only_and_read_write(backend: Backend) -> Result<(), String> {
     cli.run(&["rm", "--force", "ro"])?.expect_code(0)?;
 
     // Read-write: a file written survives stop and a new create.
-    create(
-        &cli,
-        backend,
-        "rw",
-        &["--rootfs", &image_arg, "--rootfs-rw"],
-    )?;
+    cli.create(backend, "rw", &["--rootfs", &image_arg, "--rootfs-rw"])?;
     cli.run(&["exec", "rw", "--", "sh", "-c", "echo kept > /root/note"])?
         .expect_code(0)?;
     cli.run(&["stop", "rw"])?.expect_code(0)?;
     cli.run(&["rm", "rw"])?.expect_code(0)?;
-    create(
-        &cli,
-        backend,
-        "rw",
-        &["--rootfs", &image_arg, "--rootfs-rw"],
-    )?;
+    cli.create(backend, "rw", &["--rootfs", &image_arg, "--rootfs-rw"])?;
     cli.run(&["exec", "rw", "--", "cat", "/root/note"])?
         .expect_code(0)?
         .expect_stdout("kept\n")?;
@@ -172,12 +149,7 @@ fn erofs_root(backend: Backend) -> Result<(), String> {
     let layout = busybox_layout(cli.state_dir())?;
     let image = cli.state_dir().join("root.erofs");
     build_image(&cli, &layout, &image, "erofs")?;
-    create(
-        &cli,
-        backend,
-        "web",
-        &["--rootfs", &image.display().to_string()],
-    )?;
+    cli.create(backend, "web", &["--rootfs", &image.display().to_string()])?;
     os_release_is_the_images(&cli, "web")?;
     cli.run(&["exec", "web", "--", "touch", "/x"])?
         .expect_code(1)?
@@ -195,7 +167,7 @@ fn volume_mounted_in_the_container(backend: Backend) -> Result<(), String> {
     cli.run(&["image", "build", "--from-dir", &d, "-o", &i])?
         .expect_code(0)?;
     let volume = format!("{i}:/data:ro");
-    create(&cli, backend, "vm", &["--volume", &volume])?;
+    cli.create(backend, "vm", &["--volume", &volume])?;
     cli.run(&["exec", "vm", "--", "cat", "/data/hello.txt"])?
         .expect_code(0)?
         .expect_stdout("from a volume\n")?;
