@@ -30,7 +30,7 @@ pub const MAX_PENDING_BRIDGES: usize = 256;
 /// Most listen-mode bridges.
 pub const MAX_LISTENERS: usize = 256;
 /// PATH used when the request's env has none.
-pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+pub use protocol::DEFAULT_PATH;
 
 impl From<BackendError> for RpcError {
     fn from(e: BackendError) -> Self {

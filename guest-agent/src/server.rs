@@ -84,21 +84,25 @@ async fn serve_unix(agent: Arc<Agent>, path: std::path::PathBuf) -> anyhow::Resu
             let mut line = Vec::new();
             let read = tokio::time::timeout(
                 std::time::Duration::from_secs(10),
-                (&mut s).take(32).read_until(b'\n', &mut line),
+                (&mut s)
+                    .take(protocol::hybrid::MAX_LINE as u64)
+                    .read_until(b'\n', &mut line),
             )
             .await;
-            if !matches!(read, Ok(Ok(_))) || !line.ends_with(b"\n") {
+            if !matches!(read, Ok(Ok(_))) {
                 return;
             }
-            let port = match vsock_line_port(&line) {
-                Some(p) => p,
-                None => return,
+            let Some(line) = line.strip_suffix(b"\n") else {
+                return;
+            };
+            let Ok(port) = protocol::hybrid::parse_connect_line(line) else {
+                return;
             };
             if port != AGENT_PORT && port != STREAM_PORT {
                 return; // nothing listens there: the connection is reset
             }
             if s.get_mut()
-                .write_all(format!("OK {port}\n").as_bytes())
+                .write_all(protocol::hybrid::ok_line(port).as_bytes())
                 .await
                 .is_err()
             {
@@ -113,15 +117,6 @@ async fn serve_unix(agent: Arc<Agent>, path: std::path::PathBuf) -> anyhow::Resu
             }
         });
     }
-}
-
-fn vsock_line_port(line: &[u8]) -> Option<u32> {
-    let s = std::str::from_utf8(line).ok()?.trim_end();
-    let (kw, port) = s.split_once(' ')?;
-    if !kw.eq_ignore_ascii_case("CONNECT") {
-        return None;
-    }
-    port.trim().parse().ok()
 }
 
 /// Serves one RPC connection.

@@ -37,13 +37,9 @@ impl Transport {
                 .await?;
                 Ok(Box::new(s))
             }
-            Transport::Unix(path) => {
-                let mut p = path.as_os_str().to_owned();
-                p.push(format!("_{port}"));
-                Ok(Box::new(
-                    tokio::net::UnixStream::connect(PathBuf::from(p)).await?,
-                ))
-            }
+            Transport::Unix(path) => Ok(Box::new(
+                tokio::net::UnixStream::connect(protocol::hybrid::forward_path(path, port)).await?,
+            )),
         }
     }
 }

@@ -42,32 +42,18 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StateError + '_ {
 }
 
 /// Longest VM name; it also names the guest's container object.
-pub const MAX_NAME_LEN: usize = 63;
+pub use protocol::container::MAX_NAME_LEN;
 
-/// Checks a VM name: 1 to 63 characters of `[A-Za-z0-9_.-]`, starting with a letter or digit.
+/// Checks a VM name by the container name rule ([`protocol::container::name_problem`]): 1 to
+/// 63 characters of `[A-Za-z0-9_.-]`, starting with a letter or digit.
 pub fn validate_name(name: &str) -> Result<(), StateError> {
-    let invalid = |reason| StateError::InvalidName {
-        name: name.to_string(),
-        reason,
-    };
-    if name.is_empty() {
-        return Err(invalid("it is empty"));
+    match protocol::container::name_problem(name) {
+        None => Ok(()),
+        Some(reason) => Err(StateError::InvalidName {
+            name: name.to_string(),
+            reason,
+        }),
     }
-    if name.len() > MAX_NAME_LEN {
-        return Err(invalid("it is longer than 63 characters"));
-    }
-    if !name.as_bytes()[0].is_ascii_alphanumeric() {
-        return Err(invalid("it must start with a letter or digit"));
-    }
-    if !name
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
-    {
-        return Err(invalid(
-            "only letters, digits, '_', '.' and '-' are allowed",
-        ));
-    }
-    Ok(())
 }
 
 /// The directory that holds every VM's state directory.

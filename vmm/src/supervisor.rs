@@ -147,7 +147,7 @@ pub fn supervise(state: &StateDir) -> Result<Phase, SupervisorError> {
     );
     for path in [
         vsock_uds.clone(),
-        vsock::host::forward_path(&vsock_uds, protocol::UPCALL_PORT),
+        protocol::hybrid::forward_path(&vsock_uds, protocol::UPCALL_PORT),
     ] {
         let _ = std::fs::remove_file(path);
     }

@@ -64,7 +64,7 @@ struct HelperRequest<'a> {
 /// Binds the upcall listener for the VM whose hybrid-vsock socket is `vsock_uds` and serves it
 /// on a background thread.
 pub fn start(vsock_uds: &Path, routes: UpcallRoutes) -> Result<PathBuf, UpcallRouterError> {
-    let path = vsock::host::forward_path(vsock_uds, protocol::UPCALL_PORT);
+    let path = protocol::hybrid::forward_path(vsock_uds, protocol::UPCALL_PORT);
     let _ = std::fs::remove_file(&path);
     let listener = UnixListener::bind(&path).map_err(|source| UpcallRouterError::Listen {
         path: path.clone(),

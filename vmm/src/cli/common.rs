@@ -45,34 +45,19 @@ pub fn connect(vsock: &Path) -> Result<Client> {
     Ok(Client::connect(connector)?.with_timeout(timeout))
 }
 
-/// Names of the RFC's container_create() flags, in bit order.
-pub const FLAG_NAMES: &[(&str, u32)] = &[
-    ("fs", 0x001),
-    ("empty-fs", 0x002),
-    ("cgroup", 0x004),
-    ("uts", 0x008),
-    ("ipc", 0x010),
-    ("user", 0x020),
-    ("pid", 0x040),
-    ("net", 0x080),
-    ("kill-on-close", 0x100),
-    ("cloexec", 0x200),
-];
-
-/// The flags a container gets unless told otherwise: its own mounts, hostname, IPC, PIDs,
-/// cgroup view and network.
-pub const DEFAULT_FLAGS: &str = "fs,uts,ipc,pid,cgroup,net";
+use protocol::container::flags;
+pub use protocol::container::{DEFAULT_FLAGS, FLAG_NAMES};
 
 /// Parses `--flags`: comma-separated names from [`FLAG_NAMES`], or a number (0x... or decimal).
 pub fn parse_flags(spec: &str) -> Result<u32> {
     let spec = spec.trim();
-    let flags = if let Some(hex) = spec.strip_prefix("0x") {
+    let bits = if let Some(hex) = spec.strip_prefix("0x") {
         u32::from_str_radix(hex, 16).with_context(|| format!("invalid --flags {spec:?}"))?
     } else if !spec.is_empty() && spec.bytes().all(|b| b.is_ascii_digit()) {
         spec.parse()
             .with_context(|| format!("invalid --flags {spec:?}"))?
     } else {
-        let mut flags = 0;
+        let mut bits = 0;
         for name in spec.split(',').map(str::trim).filter(|n| !n.is_empty()) {
             let Some((_, bit)) = FLAG_NAMES.iter().find(|(n, _)| *n == name) else {
                 let known: Vec<_> = FLAG_NAMES.iter().map(|(n, _)| *n).collect();
@@ -81,18 +66,20 @@ pub fn parse_flags(spec: &str) -> Result<u32> {
                     known.join(", ")
                 );
             };
-            flags |= bit;
+            bits |= bit;
         }
-        flags
+        bits
     };
-    let all: u32 = FLAG_NAMES.iter().map(|(_, b)| b).sum();
-    if flags & !all != 0 {
-        bail!("invalid --flags {spec:?}: unknown bits {:#x}", flags & !all);
+    if bits & !flags::MASK != 0 {
+        bail!(
+            "invalid --flags {spec:?}: unknown bits {:#x}",
+            bits & !flags::MASK
+        );
     }
-    if flags & 0x003 == 0x003 {
+    if bits & flags::NEW_FS_NS != 0 && bits & flags::NEW_EMPTY_FS_NS != 0 {
         bail!("invalid --flags {spec:?}: fs (copy the mount namespace) and empty-fs exclude each other");
     }
-    Ok(flags)
+    Ok(bits)
 }
 
 /// A `TYPE:DESCRIPTION=FILE` key specification, with the file already read.

@@ -16,7 +16,7 @@ use super::common;
 use super::tty::{terminal_size, RawMode, WinchWatcher};
 
 /// PATH a command gets unless `-e PATH=...` says otherwise.
-const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+use protocol::DEFAULT_PATH;
 
 #[derive(Args, Debug)]
 #[command(
