@@ -30,7 +30,7 @@ use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::vsock::Vsock;
 use crate::devices::virtio::{IrqTrigger, VirtioDevice};
 use crate::exit::ExitReason;
-use crate::host::GuestProfile;
+use crate::kvm_flavor::GuestProfile;
 use crate::loader::{self, KernelEntry, KernelFormat, LoaderError};
 use crate::memory::{self, GuestMemoryMmap, MemoryError};
 use crate::vstate::vcpu::{ExitState, Vcpu, VcpuError};

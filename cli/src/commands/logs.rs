@@ -5,8 +5,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use capsule_host::state::Phase;
 use clap::Args;
-use vmm::state::Phase;
 
 #[derive(Args, Debug)]
 pub struct LogsArgs {
@@ -29,9 +29,9 @@ pub fn run(args: LogsArgs) -> ExitCode {
 fn logs(args: &LogsArgs) -> Result<()> {
     let vm = super::common::open_vm(&args.name)?;
     let path = if args.vmm {
-        vm.supervisor_log_path()
+        vm.state().supervisor_log_path()
     } else {
-        vm.console_path()
+        vm.state().console_path()
     };
     let mut file = match std::fs::File::open(&path) {
         Ok(f) => f,

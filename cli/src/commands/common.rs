@@ -1,11 +1,11 @@
-//! Helpers the container commands share: finding a VM, reaching its agent, parsing specs.
+//! Helpers the commands share: opening a VM, reaching its agent, parsing specs.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use protocol::{Client, HybridVsock};
-use vmm::state::{default_root, Phase, StateDir};
+use capsule_host::vm::{Key, Vm, Volume};
+use protocol::Client;
 
 /// How long one agent call may take before the CLI gives up (override: CAPSULE_AGENT_TIMEOUT,
 /// in seconds).
@@ -17,32 +17,16 @@ pub fn agent_timeout() -> Duration {
         .unwrap_or(Duration::from_secs(30))
 }
 
-/// Opens the state directory of VM `name`.
-pub fn open_vm(name: &str) -> Result<StateDir> {
-    Ok(StateDir::open(&default_root(), name)?)
+/// Opens VM `name`.
+pub fn open_vm(name: &str) -> Result<Vm> {
+    Ok(Vm::open(name, agent_timeout())?)
 }
 
 /// Opens VM `name` and connects to its agent; fails with the VM's state when it is not running.
-pub fn agent(name: &str) -> Result<(StateDir, Client)> {
+pub fn agent(name: &str) -> Result<(Vm, Client)> {
     let vm = open_vm(name)?;
-    let status = vm.status()?;
-    if status.phase != Phase::Running {
-        bail!(
-            "VM {name} is {}{}",
-            status.phase.name(),
-            status.reason.map(|r| format!(": {r}")).unwrap_or_default()
-        );
-    }
-    let client = connect(&vm.vsock_path())
-        .with_context(|| format!("cannot reach the agent of VM {name}"))?;
+    let client = vm.agent()?;
     Ok((vm, client))
-}
-
-/// Connects to the agent behind a hybrid-vsock socket.
-pub fn connect(vsock: &Path) -> Result<Client> {
-    let timeout = agent_timeout();
-    let connector = HybridVsock::new(vsock).with_handshake_timeout(timeout);
-    Ok(Client::connect(connector)?.with_timeout(timeout))
 }
 
 use protocol::container::flags;
@@ -82,15 +66,8 @@ pub fn parse_flags(spec: &str) -> Result<u32> {
     Ok(bits)
 }
 
-/// A `TYPE:DESCRIPTION=FILE` key specification, with the file already read.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KeySpec {
-    pub key_type: String,
-    pub description: String,
-    pub payload: Vec<u8>,
-}
-
-pub fn parse_key(spec: &str) -> Result<KeySpec> {
+/// Parses a `TYPE:DESCRIPTION=FILE` key specification, reading the file.
+pub fn parse_key(spec: &str) -> Result<Key> {
     let bad = || format!("invalid key {spec:?}: expected TYPE:DESCRIPTION=FILE");
     let (type_desc, file) = spec.split_once('=').with_context(bad)?;
     let (key_type, description) = type_desc.split_once(':').with_context(bad)?;
@@ -99,52 +76,15 @@ pub fn parse_key(spec: &str) -> Result<KeySpec> {
     }
     let payload = std::fs::read(file)
         .with_context(|| format!("cannot read the payload of key {type_desc:?} from {file}"))?;
-    Ok(KeySpec {
+    Ok(Key {
         key_type: key_type.to_string(),
         description: description.to_string(),
         payload,
     })
 }
 
-/// File system type of a raw image, from its superblock magic.
-pub fn detect_fstype(image: &Path) -> Result<&'static str> {
-    use std::io::Read;
-    let mut head = vec![0u8; 2048];
-    let mut f = std::fs::File::open(image)
-        .with_context(|| format!("cannot open image {}", image.display()))?;
-    let n = f
-        .read(&mut head)
-        .with_context(|| format!("cannot read image {}", image.display()))?;
-    head.truncate(n);
-    let magic16 = |at: usize| {
-        head.get(at..at + 2)
-            .map(|b| u16::from_le_bytes([b[0], b[1]]))
-    };
-    let magic32 = |at: usize| {
-        head.get(at..at + 4)
-            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-    };
-    if magic16(1080) == Some(0xef53) {
-        return Ok("ext4");
-    }
-    if magic32(1024) == Some(0xe0f5_e1e2) {
-        return Ok("erofs");
-    }
-    bail!(
-        "image {} is neither ext4 nor erofs (build one with `capsule image build`)",
-        image.display()
-    )
-}
-
-/// A `IMAGE:/path[:ro]` volume.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct VolumeSpec {
-    pub image: PathBuf,
-    pub target: String,
-    pub read_only: bool,
-}
-
-pub fn parse_volume(spec: &str) -> Result<VolumeSpec> {
+/// Parses a `IMAGE:/path[:ro]` volume.
+pub fn parse_volume(spec: &str) -> Result<Volume> {
     let (rest, read_only) = match spec.strip_suffix(":ro") {
         Some(rest) => (rest, true),
         None => (spec.strip_suffix(":rw").unwrap_or(spec), false),
@@ -157,7 +97,7 @@ pub fn parse_volume(spec: &str) -> Result<VolumeSpec> {
             "invalid --volume {spec:?}: the target must be an absolute path inside the container"
         );
     }
-    Ok(VolumeSpec {
+    Ok(Volume {
         image: PathBuf::from(image),
         target: target.to_string(),
         read_only,
@@ -189,7 +129,7 @@ mod tests {
     fn volumes() {
         assert_eq!(
             parse_volume("/img/data.ext4:/data:ro").unwrap(),
-            VolumeSpec {
+            Volume {
                 image: "/img/data.ext4".into(),
                 target: "/data".into(),
                 read_only: true

@@ -1,14 +1,24 @@
-//! The KVM backend: capsule's own VMM, in this process.
+//! The KVM machine: capsule's own VMM, in this process.
 
-use super::{MachineConfig, MachineError};
-use crate::builder::{MicroVm, VmConfig};
+use vmm::builder::{MicroVm, VmConfig};
+use vmm::devices::virtio::block::BlockConfig;
+use vmm::exit::ExitReason;
+use vmm::kvm_flavor::{GuestProfile, KvmFlavor};
+
+use super::{Machine, MachineConfig, MachineError};
 use crate::console::PanicWatch;
-use crate::devices::virtio::block::BlockConfig;
-use crate::exit::ExitReason;
-use crate::host::{GuestProfile, KvmFlavor};
+
+/// capsule's VMM, run on a thread of the calling process.
+pub struct KvmMachine;
+
+impl Machine for KvmMachine {
+    fn run(&self, config: &MachineConfig) -> Result<(ExitReason, PanicWatch), MachineError> {
+        run(config)
+    }
+}
 
 /// Builds the VM for `config` and runs it until the guest ends.
-pub fn run(config: &MachineConfig) -> Result<(ExitReason, PanicWatch), MachineError> {
+fn run(config: &MachineConfig) -> Result<(ExitReason, PanicWatch), MachineError> {
     let console = super::open_console(&config.console)?;
     let watch = console.watch();
     let vm = MicroVm::build(VmConfig {

@@ -3,11 +3,10 @@
 use std::process::ExitCode;
 
 use anyhow::Result;
+use capsule_host::vm;
 use clap::Args;
 use protocol::methods::ListContainers;
 use protocol::pb;
-use vmm::state::{default_root, StateDir};
-use vmm::supervisor::VmSpec;
 
 #[derive(Args, Debug)]
 pub struct LsArgs {
@@ -32,22 +31,21 @@ fn list_vms() -> Result<()> {
         "{:<20} {:<9} {:<9} {:>4} {:>7}  REASON",
         "NAME", "STATUS", "BACKEND", "CPUS", "MEMORY"
     );
-    for vm in StateDir::list(&default_root())? {
-        let spec: Option<VmSpec> = vm.read_json(&vm.config_path()).ok();
-        let (phase, reason) = match vm.status() {
+    for vm in vm::list()? {
+        let (phase, reason) = match vm.status {
             Ok(s) => (s.phase.name().to_string(), s.reason.unwrap_or_default()),
             Err(e) => ("unknown".to_string(), e.to_string()),
         };
-        let (backend, cpus, mem) = spec.map_or(("?".into(), "?".into(), "?".into()), |s| {
+        let (backend, cpus, mem) = vm.spec.map_or(("?".into(), "?".into(), "?".into()), |s| {
             (
-                s.backend.to_string(),
+                s.machine.to_string(),
                 s.cpus.to_string(),
                 format!("{}M", s.memory_mib),
             )
         });
         println!(
             "{:<20} {phase:<9} {backend:<9} {cpus:>4} {mem:>7}  {reason}",
-            vm.name()
+            vm.name
         );
     }
     Ok(())

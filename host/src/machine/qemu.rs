@@ -1,4 +1,4 @@
-//! The QEMU backend: QEMU's microvm machine with capsule's vsock device served over vhost-user,
+//! The QEMU machine: QEMU's microvm machine with capsule's vsock device served over vhost-user,
 //! so host programs use the same hybrid-vsock socket as with capsule's own VMM.
 
 use std::io::Read;
@@ -9,9 +9,10 @@ use std::time::{Duration, Instant};
 
 use log::{info, warn};
 
-use super::{MachineConfig, MachineError};
+use vmm::exit::ExitReason;
+
+use super::{Machine, MachineConfig, MachineError};
 use crate::console::PanicWatch;
-use crate::exit::ExitReason;
 
 const QEMU: &str = "qemu-system-x86_64";
 
@@ -96,8 +97,17 @@ fn find_qemu() -> Result<std::path::PathBuf, MachineError> {
         .ok_or(MachineError::QemuMissing(QEMU))
 }
 
+/// QEMU's microvm machine with the given CPU.
+pub struct QemuMachine(pub Accel);
+
+impl Machine for QemuMachine {
+    fn run(&self, config: &MachineConfig) -> Result<(ExitReason, PanicWatch), MachineError> {
+        run(config, self.0)
+    }
+}
+
 /// Runs the guest under QEMU until QEMU exits.
-pub fn run(config: &MachineConfig, accel: Accel) -> Result<(ExitReason, PanicWatch), MachineError> {
+fn run(config: &MachineConfig, accel: Accel) -> Result<(ExitReason, PanicWatch), MachineError> {
     let qemu = find_qemu()?;
     let vhost_socket = config.run_dir.join("vhost-vsock.sock");
     let _ = std::fs::remove_file(&vhost_socket);

@@ -1,41 +1,20 @@
 //! One supervisor process per microVM: runs the machine, serves upcalls, and keeps the VM's
 //! `status.json` true — starting, running once the agent answers, then stopped or dead with the
-//! reason. The CLI starts it detached (`capsule __supervise`), so no central daemon exists.
+//! reason. [`crate::vm::create`] starts it detached (`<program> __supervise DIR`, which calls
+//! [`run_process`]), so no central daemon exists.
 
-use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::Path;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use log::{info, warn};
-use serde::{Deserialize, Serialize};
 
-use crate::exit::ExitReason;
-use crate::machine::{self, Backend, Disk, MachineConfig, MachineEnd, MachineError};
+use vmm::exit::ExitReason;
+
+use crate::machine::{self, MachineConfig, MachineEnd, MachineError};
+use crate::spec::VmSpec;
 use crate::state::{process_start_time, Phase, StateDir, StateError, Status};
 use crate::upcall::{self, UpcallRoutes};
-
-/// What `capsule create` asked for: the VM's `config.json`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct VmSpec {
-    pub name: String,
-    pub backend: Backend,
-    /// Why this backend (shown by `capsule ls -l` and in the supervisor log).
-    pub backend_reason: String,
-    pub kernel: PathBuf,
-    pub initrd: Option<PathBuf>,
-    #[serde(default)]
-    pub disks: Vec<Disk>,
-    #[serde(default)]
-    pub cmdline_extra: String,
-    pub cpus: u32,
-    pub memory_mib: u64,
-    pub guest_cid: u32,
-    /// Upcall helper program per key type.
-    #[serde(default)]
-    pub upcalls: BTreeMap<String, PathBuf>,
-    pub upcall_timeout_secs: u64,
-}
 
 /// Errors that keep the supervisor from running the VM at all.
 #[derive(Debug, thiserror::Error)]
@@ -46,7 +25,13 @@ pub enum SupervisorError {
     Upcalls(#[from] upcall::UpcallRouterError),
     #[error("cannot start the machine thread")]
     Thread(#[source] std::io::Error),
+    #[error("invalid state directory {0}")]
+    InvalidDir(std::path::PathBuf),
 }
+
+/// The hidden subcommand a front end's program must answer with [`run_process`]:
+/// `<program> __supervise DIR`.
+pub const SUPERVISE_COMMAND: &str = "__supervise";
 
 /// Name of the marker file `capsule stop` leaves, so an ending requested by the user is
 /// recorded as stopped rather than as an unexpected end.
@@ -61,14 +46,14 @@ pub fn supervise(state: &StateDir) -> Result<Phase, SupervisorError> {
     let pid = std::process::id();
     let mut status = Status {
         phase: Phase::Starting,
-        reason: Some(format!("booting on {}", spec.backend)),
+        reason: Some(format!("booting on {}", spec.machine)),
         pid: Some(pid),
         pid_start_time: process_start_time(pid),
     };
     state.write_status(&status)?;
     info!(
         "VM {}: backend {} ({})",
-        spec.name, spec.backend, spec.backend_reason
+        spec.name, spec.machine, spec.machine_reason
     );
 
     let vsock_uds = state.vsock_path();
@@ -95,11 +80,11 @@ pub fn supervise(state: &StateDir) -> Result<Phase, SupervisorError> {
         run_dir: state.dir().to_path_buf(),
     };
     let (done_tx, done_rx) = mpsc::channel::<Result<MachineEnd, MachineError>>();
-    let backend = spec.backend;
+    let kind = spec.machine;
     std::thread::Builder::new()
         .name("capsule-machine".into())
         .spawn(move || {
-            let _ = done_tx.send(machine::run(backend, &config));
+            let _ = done_tx.send(machine::run(kind, &config));
         })
         .map_err(SupervisorError::Thread)?;
 
@@ -154,7 +139,65 @@ pub fn supervise(state: &StateDir) -> Result<Phase, SupervisorError> {
     Ok(phase)
 }
 
-fn agent_answers(vsock_uds: &std::path::Path) -> bool {
+const HANDLED: [libc::c_int; 3] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP];
+
+fn signal_set() -> libc::sigset_t {
+    // SAFETY: sigemptyset/sigaddset initialise and fill the set we own.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for sig in HANDLED {
+            libc::sigaddset(&mut set, sig);
+        }
+        set
+    }
+}
+
+/// The supervisor process of the VM whose state directory is `dir`: runs the VM to its end
+/// ([`supervise`]) and records a termination signal as the VM's end. Returns the final phase.
+pub fn run_process(dir: &Path) -> Result<Phase, SupervisorError> {
+    let invalid = || SupervisorError::InvalidDir(dir.to_path_buf());
+    let name = dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(invalid)?;
+    let root = dir.parent().ok_or_else(invalid)?;
+    let state = StateDir::open(root, name)?;
+    // Termination signals are taken by one thread with sigwait(), so that every other thread
+    // (started below, inheriting the mask) keeps running until the status is recorded.
+    let set = signal_set();
+    // SAFETY: `set` is a valid signal set; blocking signals in this thread has no other effect.
+    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    let watched = state.clone();
+    std::thread::spawn(move || {
+        let mut sig: libc::c_int = 0;
+        // SAFETY: `set` and `sig` are valid for the call.
+        unsafe { libc::sigwait(&set, &mut sig) };
+        record_termination(&watched, sig);
+        // QEMU, if any, dies with us (PR_SET_PDEATHSIG); capsule's own VMM is this process.
+        std::process::exit(0);
+    });
+    supervise(&state)
+}
+
+fn record_termination(state: &StateDir, sig: libc::c_int) {
+    let Ok(mut status) = state.read_json::<Status>(&state.status_path()) else {
+        return;
+    };
+    if matches!(status.phase, Phase::Stopped | Phase::Dead) {
+        return;
+    }
+    if state.dir().join(STOP_REQUESTED).exists() {
+        status.phase = Phase::Stopped;
+        status.reason = Some("stopped by `capsule stop --force` (VMM terminated)".into());
+    } else {
+        status.phase = Phase::Dead;
+        status.reason = Some(format!("the VMM was terminated by signal {sig}"));
+    }
+    let _ = state.write_status(&status);
+}
+
+fn agent_answers(vsock_uds: &Path) -> bool {
     if !vsock_uds.exists() {
         return false;
     }
@@ -249,29 +292,5 @@ mod tests {
         );
         assert_eq!(phase, Phase::Dead);
         assert!(why.contains("qemu-system-x86_64 not found"));
-    }
-
-    #[test]
-    fn spec_round_trips_through_json() {
-        let spec = VmSpec {
-            name: "web".into(),
-            backend: Backend::QemuTcg,
-            backend_reason: "test".into(),
-            kernel: "/k".into(),
-            initrd: None,
-            disks: vec![Disk {
-                path: "/d".into(),
-                read_only: true,
-            }],
-            cmdline_extra: String::new(),
-            cpus: 1,
-            memory_mib: 256,
-            guest_cid: 3,
-            upcalls: [("dns_resolver".to_string(), PathBuf::from("/bin/h"))].into(),
-            upcall_timeout_secs: 10,
-        };
-        let text = serde_json::to_string(&spec).unwrap();
-        assert!(text.contains("\"backend\":\"qemu-tcg\""));
-        assert_eq!(serde_json::from_str::<VmSpec>(&text).unwrap(), spec);
     }
 }

@@ -1,7 +1,7 @@
 //! `capsule helper`: upcall helper programs shipped with capsule.
 //!
 //! `capsule helper dns-resolver` answers the guest kernel's `dns_resolver` key requests from
-//! the host's resolver: it reads the upcall request (JSON, see `vmm::upcall`) on stdin and
+//! the host's resolver: it reads the upcall request (JSON, see `capsule_host::upcall`) on stdin and
 //! prints the addresses of the host name in the request's description, comma-separated and
 //! NUL-terminated, which is the text payload format of the kernel's dns_resolver key type
 //! (`dns_resolver_preparse` refuses a payload without the NUL). It fails (and the key is negated)

@@ -10,7 +10,7 @@ use clap::{Args, ValueEnum};
 use vmm::builder::{MicroVm, VmConfig};
 use vmm::devices::legacy::serial::ConsoleSink;
 use vmm::devices::virtio::block::BlockConfig;
-use vmm::host::{GuestProfile, KvmFlavor};
+use vmm::kvm_flavor::{GuestProfile, KvmFlavor};
 
 /// Guest kernel parameters for the kind of host (see `capsule run --help`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

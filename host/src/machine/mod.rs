@@ -1,6 +1,8 @@
-//! Machine backends behind one interface: capsule's own KVM VMM, or QEMU (software CPU or KVM)
-//! with capsule's vhost-user vsock backend. Both present the guest the same devices that matter
-//! (serial console, virtio-vsock, virtio-blk) and the host the same hybrid-vsock socket.
+//! Machines behind one trait, [`Machine`]: capsule's own KVM VMM in this process ([`kvm`]), or
+//! QEMU (software CPU or KVM) with capsule's vhost-user vsock backend ([`qemu`]). Both present
+//! the guest the same devices that matter (serial console, virtio-vsock, virtio-blk) and the
+//! host the same hybrid-vsock socket. [`MachineKind`] names one, [`MachineChoice`] is what a
+//! front end asks for (`--backend auto`), [`select_machine`] resolves it and says why.
 
 pub mod kvm;
 pub mod qemu;
@@ -9,14 +11,14 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use crate::console::PanicWatch;
-use crate::exit::ExitReason;
-use crate::host::KvmFlavor;
+use vmm::exit::ExitReason;
+use vmm::kvm_flavor::KvmFlavor;
 
 /// Errors while starting a machine.
 #[derive(Debug, thiserror::Error)]
 pub enum MachineError {
     #[error(transparent)]
-    Build(#[from] crate::builder::BuildError),
+    Build(#[from] vmm::builder::BuildError),
     #[error("{0} not found in PATH (scripts/install-deps.sh installs qemu-system-x86)")]
     QemuMissing(&'static str),
     #[error("cannot start {what}")]
@@ -42,12 +44,12 @@ pub struct Disk {
     pub read_only: bool,
 }
 
-/// What to run, independent of the backend.
+/// What to run, independent of the machine.
 #[derive(Debug, Clone)]
 pub struct MachineConfig {
     pub kernel: PathBuf,
     pub initrd: Option<PathBuf>,
-    /// Kernel parameters beyond each backend's own defaults.
+    /// Kernel parameters beyond each machine's own defaults.
     pub cmdline_extra: String,
     pub vcpus: u32,
     pub memory_mib: u64,
@@ -58,14 +60,14 @@ pub struct MachineConfig {
     pub disks: Vec<Disk>,
     /// Where the guest console goes.
     pub console: PathBuf,
-    /// Scratch directory for backend sockets.
+    /// Scratch directory for the machine's own sockets.
     pub run_dir: PathBuf,
 }
 
-/// Which machine runs a guest.
+/// Which machine runs a guest (`backend` in a VM's `config.json`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum Backend {
+pub enum MachineKind {
     /// capsule's VMM on /dev/kvm.
     Kvm,
     /// QEMU microvm with its software CPU (TCG).
@@ -74,19 +76,19 @@ pub enum Backend {
     QemuKvm,
 }
 
-impl fmt::Display for Backend {
+impl fmt::Display for MachineKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            Backend::Kvm => "kvm",
-            Backend::QemuTcg => "qemu-tcg",
-            Backend::QemuKvm => "qemu-kvm",
+            MachineKind::Kvm => "kvm",
+            MachineKind::QemuTcg => "qemu-tcg",
+            MachineKind::QemuKvm => "qemu-kvm",
         })
     }
 }
 
-/// The user's choice on the command line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum BackendChoice {
+/// What a front end asks for (`--backend`); `Auto` is resolved by [`select_machine`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MachineChoice {
     /// capsule's KVM VMM on hardware virtualization, QEMU's software CPU elsewhere.
     Auto,
     /// capsule's KVM VMM.
@@ -98,35 +100,38 @@ pub enum BackendChoice {
 }
 
 /// Resolves `choice` for this host, with a one-line explanation of why.
-pub fn select_backend(choice: BackendChoice) -> (Backend, String) {
-    select_backend_for(choice, KvmFlavor::detect(), Path::new("/dev/kvm").exists())
+pub fn select_machine(choice: MachineChoice) -> (MachineKind, String) {
+    select_machine_for(choice, KvmFlavor::detect(), Path::new("/dev/kvm").exists())
 }
 
-fn select_backend_for(
-    choice: BackendChoice,
+fn select_machine_for(
+    choice: MachineChoice,
     flavor: KvmFlavor,
     dev_kvm: bool,
-) -> (Backend, String) {
+) -> (MachineKind, String) {
     match choice {
-        BackendChoice::Kvm => (Backend::Kvm, "capsule KVM VMM, as requested".into()),
-        BackendChoice::QemuTcg => (
-            Backend::QemuTcg,
+        MachineChoice::Kvm => (MachineKind::Kvm, "capsule KVM VMM, as requested".into()),
+        MachineChoice::QemuTcg => (
+            MachineKind::QemuTcg,
             "QEMU microvm with its software CPU, as requested".into(),
         ),
-        BackendChoice::QemuKvm => (Backend::QemuKvm, "QEMU microvm on KVM, as requested".into()),
-        BackendChoice::Auto if !dev_kvm => (
-            Backend::QemuTcg,
+        MachineChoice::QemuKvm => (
+            MachineKind::QemuKvm,
+            "QEMU microvm on KVM, as requested".into(),
+        ),
+        MachineChoice::Auto if !dev_kvm => (
+            MachineKind::QemuTcg,
             "QEMU with its software CPU: this host has no /dev/kvm".into(),
         ),
-        BackendChoice::Auto => match flavor {
+        MachineChoice::Auto => match flavor {
             KvmFlavor::Pvm => (
-                Backend::QemuTcg,
+                MachineKind::QemuTcg,
                 "QEMU with its software CPU: /dev/kvm here is kvm-pvm (no VMX/SVM), which runs a \
                  Linux guest under instruction emulation, far slower than QEMU's TCG"
                     .into(),
             ),
             KvmFlavor::Hardware | KvmFlavor::Unknown => (
-                Backend::Kvm,
+                MachineKind::Kvm,
                 "capsule KVM VMM: the host has hardware virtualization".into(),
             ),
         },
@@ -152,13 +157,26 @@ pub struct MachineEnd {
     pub panic: Option<String>,
 }
 
-/// Runs `config` on `backend` until the guest ends.
-pub fn run(backend: Backend, config: &MachineConfig) -> Result<MachineEnd, MachineError> {
-    let (reason, watch): (ExitReason, PanicWatch) = match backend {
-        Backend::Kvm => kvm::run(config)?,
-        Backend::QemuTcg => qemu::run(config, qemu::Accel::Tcg)?,
-        Backend::QemuKvm => qemu::run(config, qemu::Accel::Kvm)?,
-    };
+/// A machine that runs a guest to its end.
+pub trait Machine {
+    /// Runs `config` until the guest ends; the console log's panic watch tells why it died.
+    fn run(&self, config: &MachineConfig) -> Result<(ExitReason, PanicWatch), MachineError>;
+}
+
+impl MachineKind {
+    /// The machine of this kind.
+    pub fn machine(self) -> Box<dyn Machine> {
+        match self {
+            MachineKind::Kvm => Box::new(kvm::KvmMachine),
+            MachineKind::QemuTcg => Box::new(qemu::QemuMachine(qemu::Accel::Tcg)),
+            MachineKind::QemuKvm => Box::new(qemu::QemuMachine(qemu::Accel::Kvm)),
+        }
+    }
+}
+
+/// Runs `config` on a machine of `kind` until the guest ends.
+pub fn run(kind: MachineKind, config: &MachineConfig) -> Result<MachineEnd, MachineError> {
+    let (reason, watch) = kind.machine().run(config)?;
     Ok(MachineEnd {
         reason,
         panic: watch.panic_line(),
@@ -171,24 +189,24 @@ mod tests {
 
     #[test]
     fn auto_picks_kvm_only_on_hardware_virtualization() {
-        let pick = |flavor, dev| select_backend_for(BackendChoice::Auto, flavor, dev);
-        assert_eq!(pick(KvmFlavor::Hardware, true).0, Backend::Kvm);
-        let (backend, why) = pick(KvmFlavor::Pvm, true);
-        assert_eq!(backend, Backend::QemuTcg);
+        let pick = |flavor, dev| select_machine_for(MachineChoice::Auto, flavor, dev);
+        assert_eq!(pick(KvmFlavor::Hardware, true).0, MachineKind::Kvm);
+        let (kind, why) = pick(KvmFlavor::Pvm, true);
+        assert_eq!(kind, MachineKind::QemuTcg);
         assert!(why.contains("kvm-pvm"));
-        let (backend, why) = pick(KvmFlavor::Hardware, false);
-        assert_eq!(backend, Backend::QemuTcg);
+        let (kind, why) = pick(KvmFlavor::Hardware, false);
+        assert_eq!(kind, MachineKind::QemuTcg);
         assert!(why.contains("no /dev/kvm"));
     }
 
     #[test]
     fn explicit_choices_are_kept() {
-        for (choice, backend) in [
-            (BackendChoice::Kvm, Backend::Kvm),
-            (BackendChoice::QemuTcg, Backend::QemuTcg),
-            (BackendChoice::QemuKvm, Backend::QemuKvm),
+        for (choice, kind) in [
+            (MachineChoice::Kvm, MachineKind::Kvm),
+            (MachineChoice::QemuTcg, MachineKind::QemuTcg),
+            (MachineChoice::QemuKvm, MachineKind::QemuKvm),
         ] {
-            assert_eq!(select_backend_for(choice, KvmFlavor::Pvm, true).0, backend);
+            assert_eq!(select_machine_for(choice, KvmFlavor::Pvm, true).0, kind);
         }
     }
 }
