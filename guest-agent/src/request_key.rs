@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use protocol::pb;
 
-use crate::keys;
+use crate::keyring;
 use crate::sys;
 
 /// How long a negative key stays (seconds) when the host gives none.
@@ -35,7 +35,7 @@ pub enum HelperError {
 /// Operations on keys, behind a trait so the helper's logic is testable without a kernel upcall.
 pub trait KeyOps {
     fn assume_authority(&self, key: i32) -> Result<(), i32>;
-    fn describe(&self, key: i32) -> Result<keys::KeyDescription, i32>;
+    fn describe(&self, key: i32) -> Result<keyring::KeyDescription, i32>;
     fn callout_info(&self) -> Vec<u8>;
     fn container_name(&self, session_keyring: i32) -> String;
     fn instantiate(&self, key: i32, payload: &[u8], expiry_secs: u32) -> Result<(), i32>;
@@ -50,8 +50,8 @@ impl KeyOps for KernelKeys {
         sys::keyctl(sys::KEYCTL_ASSUME_AUTHORITY, key as libc::c_ulong, 0, 0, 0).map(|_| ())
     }
 
-    fn describe(&self, key: i32) -> Result<keys::KeyDescription, i32> {
-        keys::describe(key)
+    fn describe(&self, key: i32) -> Result<keyring::KeyDescription, i32> {
+        keyring::describe(key)
     }
 
     fn callout_info(&self) -> Vec<u8> {
@@ -67,7 +67,7 @@ impl KeyOps for KernelKeys {
             libc::syscall(
                 libc::SYS_request_key,
                 c"user".as_ptr(),
-                keys::NAME_KEY.as_ptr(),
+                keyring::NAME_KEY.as_ptr(),
                 std::ptr::null::<libc::c_char>(),
                 0,
             )
@@ -78,7 +78,7 @@ impl KeyOps for KernelKeys {
             }
         }
         // Mainline: the session keyring is named capsule:<agent pid>:<name>.
-        keys::describe(session_keyring)
+        keyring::describe(session_keyring)
             .ok()
             .and_then(|d| {
                 d.description
@@ -286,8 +286,8 @@ mod tests {
                 Ok(())
             }
         }
-        fn describe(&self, _: i32) -> Result<keys::KeyDescription, i32> {
-            Ok(keys::parse_description("dns_resolver;0;0;3f010000;example.org").unwrap())
+        fn describe(&self, _: i32) -> Result<keyring::KeyDescription, i32> {
+            Ok(keyring::parse_description("dns_resolver;0;0;3f010000;example.org").unwrap())
         }
         fn callout_info(&self) -> Vec<u8> {
             b"ipv4".to_vec()
