@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex};
 
-use protocol::StreamKind;
+use capsule_protocol::StreamKind;
 use tokio::sync::Notify;
 
 use crate::lock::lock;

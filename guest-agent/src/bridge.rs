@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 
-use protocol::stream::{StreamHeader, StreamKind};
+use capsule_protocol::stream::{StreamHeader, StreamKind};
 use tokio::io::AsyncWriteExt;
 
 use crate::sys;

@@ -9,7 +9,7 @@ use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
-use protocol::pb;
+use capsule_protocol::pb;
 
 use crate::keyring;
 use crate::sys;
@@ -29,7 +29,7 @@ pub enum HelperError {
     #[error("connecting to the host")]
     Connect(#[source] std::io::Error),
     #[error("upcall")]
-    Upcall(#[source] protocol::ClientError),
+    Upcall(#[source] capsule_protocol::ClientError),
 }
 
 /// Operations on keys, behind a trait so the helper's logic is testable without a kernel upcall.
@@ -143,8 +143,8 @@ fn connect(host: &Host) -> std::io::Result<UnixStream> {
             // SAFETY: sockaddr_vm is plain old data.
             let mut addr: libc::sockaddr_vm = unsafe { std::mem::zeroed() };
             addr.svm_family = libc::AF_VSOCK as libc::sa_family_t;
-            addr.svm_cid = protocol::HOST_CID;
-            addr.svm_port = protocol::UPCALL_PORT;
+            addr.svm_cid = capsule_protocol::HOST_CID;
+            addr.svm_port = capsule_protocol::UPCALL_PORT;
             use std::os::fd::AsRawFd;
             // SAFETY: connect with a valid sockaddr_vm.
             let r = unsafe {
@@ -209,7 +209,7 @@ pub fn run(
             .map_err(HelperError::Connect)?;
         conn.set_write_timeout(Some(timeout))
             .map_err(HelperError::Connect)?;
-        protocol::upcall::call(&mut conn, &request).map_err(HelperError::Upcall)
+        capsule_protocol::upcall::call(&mut conn, &request).map_err(HelperError::Upcall)
     })();
     match answer {
         Ok(resp) if !resp.negate => ops
@@ -316,7 +316,7 @@ mod tests {
     }
 
     fn host(
-        answer: Option<Result<pb::UpcallResponse, protocol::RpcError>>,
+        answer: Option<Result<pb::UpcallResponse, capsule_protocol::RpcError>>,
     ) -> (
         tempdir::Dir,
         std::thread::JoinHandle<Option<pb::UpcallRequest>>,
@@ -325,7 +325,7 @@ mod tests {
         let l = std::os::unix::net::UnixListener::bind(dir.path().join("up")).unwrap();
         let t = std::thread::spawn(move || {
             let (mut c, _) = l.accept().unwrap();
-            let call = protocol::upcall::read_call(&mut c).ok()?;
+            let call = capsule_protocol::upcall::read_call(&mut c).ok()?;
             match answer {
                 Some(a) => call.answer(&mut c, a).unwrap(),
                 None => {
@@ -396,8 +396,8 @@ mod tests {
 
     #[test]
     fn host_error_or_silence_negates_the_key() {
-        let (dir, t) = host(Some(Err(protocol::RpcError::new(
-            protocol::Code::NotFound,
+        let (dir, t) = host(Some(Err(capsule_protocol::RpcError::new(
+            capsule_protocol::Code::NotFound,
             "no helper",
         ))));
         let f = Fake::default();

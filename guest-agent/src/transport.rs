@@ -25,14 +25,15 @@ impl Transport {
         match self {
             Transport::Vsock => {
                 let s = tokio_vsock::VsockStream::connect(tokio_vsock::VsockAddr::new(
-                    protocol::HOST_CID,
+                    capsule_protocol::HOST_CID,
                     port,
                 ))
                 .await?;
                 Ok(Box::new(s))
             }
             Transport::Unix(path) => Ok(Box::new(
-                tokio::net::UnixStream::connect(protocol::hybrid::forward_path(path, port)).await?,
+                tokio::net::UnixStream::connect(capsule_protocol::hybrid::forward_path(path, port))
+                    .await?,
             )),
         }
     }

@@ -4,7 +4,7 @@
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 
-use protocol::{pb, RpcError};
+use capsule_protocol::{pb, RpcError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::sys;

@@ -16,4 +16,4 @@ pub mod upcall;
 pub mod vm;
 
 /// Why a VM ended and the exit codes, from the hypervisor.
-pub use vmm::exit;
+pub use capsule_vmm::exit;

@@ -4,7 +4,10 @@ use std::path::PathBuf;
 
 /// A default guest file that is not there.
 #[derive(Debug, thiserror::Error)]
-#[error("no default guest {what} at {}: build it with scripts/build-guest.sh, or pass {flag}", path.display())]
+#[error(
+    "no default guest {what} at {}: build it with scripts/build-guest.sh, or pass {flag}",
+    path.display()
+)]
 pub struct MissingGuest {
     pub what: &'static str,
     pub path: PathBuf,

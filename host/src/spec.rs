@@ -5,15 +5,15 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use capsule_vmm::loader::LoaderError;
+use capsule_vmm::memory::MemoryError;
 use serde::{Deserialize, Serialize};
-use vmm::loader::LoaderError;
-use vmm::memory::MemoryError;
 
 use crate::machine::{Disk, MachineKind};
 use crate::state::{validate_name, StateError};
 
 /// Most vCPUs of a VM on any machine (what an MP table can describe).
-pub const MAX_CPUS: u32 = vmm::arch::mptable::MAX_CPUS as u32;
+pub const MAX_CPUS: u32 = capsule_vmm::arch::mptable::MAX_CPUS as u32;
 /// Lowest guest vsock context id (0-2 are reserved: hypervisor, local, host).
 pub const MIN_GUEST_CID: u32 = 3;
 
@@ -112,10 +112,10 @@ impl VmSpec {
         };
         // Loading the guest into memory of the VM's size is the fit check; the mapping is
         // anonymous and only the pages the images touch are ever allocated.
-        let mem = vmm::memory::create_guest_memory(self.memory_mib).map_err(memory)?;
-        let kernel = vmm::loader::load_kernel(&mem, &self.kernel)?;
+        let mem = capsule_vmm::memory::create_guest_memory(self.memory_mib).map_err(memory)?;
+        let kernel = capsule_vmm::loader::load_kernel(&mem, &self.kernel)?;
         if let Some(initrd) = &self.initrd {
-            vmm::loader::load_initrd(&mem, &kernel, initrd)?;
+            capsule_vmm::loader::load_initrd(&mem, &kernel, initrd)?;
         }
         Ok(())
     }

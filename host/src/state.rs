@@ -42,12 +42,13 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StateError + '_ {
 }
 
 /// Longest VM name; it also names the guest's container object.
-pub use protocol::container::MAX_NAME_LEN;
+pub use capsule_protocol::container::MAX_NAME_LEN;
 
-/// Checks a VM name by the container name rule ([`protocol::container::name_problem`]): 1 to
-/// 63 characters of `[A-Za-z0-9_.-]`, starting with a letter or digit.
+/// Checks a VM name by the container name rule
+/// ([`capsule_protocol::container::name_problem`]): 1 to 63 characters of `[A-Za-z0-9_.-]`,
+/// starting with a letter or digit.
 pub fn validate_name(name: &str) -> Result<(), StateError> {
-    match protocol::container::name_problem(name) {
+    match capsule_protocol::container::name_problem(name) {
         None => Ok(()),
         Some(reason) => Err(StateError::InvalidName {
             name: name.to_string(),

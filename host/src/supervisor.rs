@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use log::{info, warn};
 
-use vmm::exit::ExitReason;
+use capsule_vmm::exit::ExitReason;
 
 use crate::machine::{self, MachineConfig, MachineEnd, MachineError};
 use crate::spec::VmSpec;
@@ -132,7 +132,7 @@ pub fn supervise(state: &StateDir) -> Result<Phase, SupervisorError> {
     );
     for path in [
         vsock_uds.clone(),
-        protocol::hybrid::forward_path(&vsock_uds, protocol::UPCALL_PORT),
+        capsule_protocol::hybrid::forward_path(&vsock_uds, capsule_protocol::UPCALL_PORT),
     ] {
         let _ = std::fs::remove_file(path);
     }
@@ -201,9 +201,9 @@ fn agent_answers(vsock_uds: &Path) -> bool {
     if !vsock_uds.exists() {
         return false;
     }
-    let connector =
-        protocol::HybridVsock::new(vsock_uds).with_handshake_timeout(Duration::from_secs(1));
-    match protocol::Client::connect(connector) {
+    let connector = capsule_protocol::HybridVsock::new(vsock_uds)
+        .with_handshake_timeout(Duration::from_secs(1));
+    match capsule_protocol::Client::connect(connector) {
         Ok(client) => client.with_timeout(Duration::from_secs(2)).health().is_ok(),
         Err(_) => false,
     }

@@ -1,5 +1,5 @@
 //! The host side of upcall forwarding: the guest's request-key helper connects to host vsock
-//! port [`protocol::UPCALL_PORT`], which arrives at the Unix listener `<vsock uds>_<port>`; the
+//! port [`capsule_protocol::UPCALL_PORT`], which arrives at the Unix listener `<vsock uds>_<port>`; the
 //! router runs the helper program configured for the key type (one set per guest), passes the
 //! request as JSON on its stdin, and instantiates the key with the helper's stdout, or negates
 //! it when there is no helper, or it fails, crashes or hangs.
@@ -13,10 +13,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use capsule_protocol::pb;
+use capsule_protocol::upcall::{read_call, UpcallCall};
+use capsule_protocol::RpcError;
 use log::{info, warn};
-use protocol::pb;
-use protocol::upcall::{read_call, UpcallCall};
-use protocol::RpcError;
 
 /// Most upcalls handled at once; more wait in the listen backlog.
 const MAX_CONCURRENT: usize = 16;
@@ -64,7 +64,7 @@ struct HelperRequest<'a> {
 /// Binds the upcall listener for the VM whose hybrid-vsock socket is `vsock_uds` and serves it
 /// on a background thread.
 pub fn start(vsock_uds: &Path, routes: UpcallRoutes) -> Result<PathBuf, UpcallRouterError> {
-    let path = protocol::hybrid::forward_path(vsock_uds, protocol::UPCALL_PORT);
+    let path = capsule_protocol::hybrid::forward_path(vsock_uds, capsule_protocol::UPCALL_PORT);
     let _ = std::fs::remove_file(&path);
     let listener = UnixListener::bind(&path).map_err(|source| UpcallRouterError::Listen {
         path: path.clone(),
@@ -145,7 +145,7 @@ fn route(call: &UpcallCall, routes: &UpcallRoutes) -> Result<Vec<u8>, RpcError> 
     let r = &call.request;
     let helper = routes.helpers.get(&r.key_type).ok_or_else(|| {
         RpcError::new(
-            protocol::Code::NotFound,
+            capsule_protocol::Code::NotFound,
             format!("no helper configured for key type {:?}", r.key_type),
         )
     })?;
@@ -160,13 +160,13 @@ fn route(call: &UpcallCall, routes: &UpcallRoutes) -> Result<Vec<u8>, RpcError> 
         gid: r.gid,
     };
     let input = serde_json::to_vec(&request)
-        .map_err(|e| RpcError::new(protocol::Code::Internal, e.to_string()))?;
+        .map_err(|e| RpcError::new(capsule_protocol::Code::Internal, e.to_string()))?;
     run_helper(helper, &input, routes.timeout)
 }
 
 /// Runs `helper` with `input` on stdin; returns its stdout if it exits 0 within `timeout`.
 pub fn run_helper(helper: &Path, input: &[u8], timeout: Duration) -> Result<Vec<u8>, RpcError> {
-    let failed = |what: String| RpcError::new(protocol::Code::Unavailable, what);
+    let failed = |what: String| RpcError::new(capsule_protocol::Code::Unavailable, what);
     let mut child = Command::new(helper)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use protocol::methods::{AddKey, CreateContainer, Mount, Shutdown};
-use protocol::{pb, Client, ClientError, HybridVsock};
+use capsule_protocol::methods::{AddKey, CreateContainer, Mount, Shutdown};
+use capsule_protocol::{pb, Client, ClientError, HybridVsock};
 
 use crate::machine::{select_machine, Disk, MachineChoice, MachineKind};
 use crate::paths::{default_initramfs, default_kernel, MissingGuest};
@@ -51,7 +51,7 @@ pub struct CreateRequest {
     pub rootfs: Option<PathBuf>,
     pub rootfs_writable: bool,
     pub volumes: Vec<Volume>,
-    /// container_create() flags ([`protocol::container::flags`]).
+    /// container_create() flags ([`capsule_protocol::container::flags`]).
     pub flags: u32,
     pub keys: Vec<Key>,
     pub cpus: u32,

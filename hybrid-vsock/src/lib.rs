@@ -7,7 +7,7 @@
 //! `<uds>_<P>` ([`forward_path`]).
 //!
 //! Sides: the VMM's vsock device (`capsule-vsock`) parses [`parse_connect_line`] and answers
-//! [`ok_line`]; the host client (`capsule-protocol`, re-exported as `protocol::hybrid`) sends
+//! [`ok_line`]; the host client (`capsule-protocol`, re-exported as `capsule_protocol::hybrid`) sends
 //! [`connect_line`] and checks [`parse_ok_line`]; the agent's test transport (`capsule-agent
 //! serve --unix`) plays the VMM's part. This crate depends on nothing so the VMM can use it
 //! without the agent API.

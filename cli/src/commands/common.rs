@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use capsule_host::vm::{Key, Vm, Volume};
-use protocol::Client;
+use capsule_protocol::Client;
 
 /// How long one agent call may take before the CLI gives up (override: CAPSULE_AGENT_TIMEOUT,
 /// in seconds).
@@ -29,8 +29,8 @@ pub fn agent(name: &str) -> Result<(Vm, Client)> {
     Ok((vm, client))
 }
 
-use protocol::container::flags;
-pub use protocol::container::{DEFAULT_FLAGS, FLAG_NAMES};
+use capsule_protocol::container::flags;
+pub use capsule_protocol::container::{DEFAULT_FLAGS, FLAG_NAMES};
 
 /// Parses `--flags`: comma-separated names from [`FLAG_NAMES`], or a number (0x... or decimal).
 pub fn parse_flags(spec: &str) -> Result<u32> {

@@ -3,9 +3,9 @@
 use std::process::ExitCode;
 
 use anyhow::{bail, Result};
+use capsule_protocol::methods::{FreezeContainer, KillContainer, ThawContainer};
+use capsule_protocol::pb;
 use clap::Args;
-use protocol::methods::{FreezeContainer, KillContainer, ThawContainer};
-use protocol::pb;
 
 #[derive(Args, Debug)]
 pub struct KillArgs {

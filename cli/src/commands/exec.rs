@@ -8,15 +8,15 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use anyhow::{bail, Context, Result};
+use capsule_protocol::methods::{Exec, ResizeTty};
+use capsule_protocol::{pb, Client, StreamKind};
 use clap::Args;
-use protocol::methods::{Exec, ResizeTty};
-use protocol::{pb, Client, StreamKind};
 
 use super::common;
 use super::tty::{terminal_size, RawMode, WinchWatcher};
 
 /// PATH a command gets unless `-e PATH=...` says otherwise.
-use protocol::DEFAULT_PATH;
+use capsule_protocol::DEFAULT_PATH;
 
 #[derive(Args, Debug)]
 #[command(
@@ -51,7 +51,7 @@ pub fn run(args: ExecArgs) -> ExitCode {
             // Like a shell: 127 when the program is not there, 126 when it cannot be run;
             // only for errors about the program itself, not e.g. a missing container.
             let program_errno = e
-                .downcast_ref::<protocol::ClientError>()
+                .downcast_ref::<capsule_protocol::ClientError>()
                 .and_then(|c| c.rpc())
                 .filter(|r| r.field == "argv[0]")
                 .map_or(0, |r| r.errno);
@@ -195,7 +195,7 @@ fn run_pipes(client: &Arc<Client>, name: &str, id: u64, with_stdin: bool) -> Res
         let stderr = attach(StreamKind::Stderr);
         let join = |h: std::thread::ScopedJoinHandle<'_, _>| {
             h.join()
-                .unwrap_or_else(|_| Err(protocol::ClientError::Disconnected))
+                .unwrap_or_else(|_| Err(capsule_protocol::ClientError::Disconnected))
         };
         (stdin.map(join).transpose(), join(stdout), join(stderr))
     });

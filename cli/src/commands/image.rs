@@ -5,8 +5,8 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::Context;
+use capsule_images::rootfs::{parse_size, Format, Progress, RootfsBuilder, Source};
 use clap::{ArgGroup, Args, Subcommand, ValueEnum};
-use images::rootfs::{parse_size, Format, Progress, RootfsBuilder, Source};
 
 #[derive(Args, Debug)]
 pub struct ImageArgs {

@@ -3,9 +3,9 @@
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
+use capsule_protocol::methods::{AddKey, ListKeys};
+use capsule_protocol::pb;
 use clap::{Args, Subcommand};
-use protocol::methods::{AddKey, ListKeys};
-use protocol::pb;
 
 #[derive(Args, Debug)]
 pub struct KeyArgs {

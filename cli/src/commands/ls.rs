@@ -4,9 +4,9 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use capsule_host::vm;
+use capsule_protocol::methods::ListContainers;
+use capsule_protocol::pb;
 use clap::Args;
-use protocol::methods::ListContainers;
-use protocol::pb;
 
 #[derive(Args, Debug)]
 pub struct LsArgs {

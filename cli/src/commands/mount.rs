@@ -3,9 +3,9 @@
 use std::process::ExitCode;
 
 use anyhow::Context;
+use capsule_protocol::methods::Mount;
+use capsule_protocol::pb;
 use clap::Args;
-use protocol::methods::Mount;
-use protocol::pb;
 
 #[derive(Args, Debug)]
 #[command(

@@ -5,9 +5,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
+use capsule_protocol::methods::ConnectSocket;
+use capsule_protocol::{pb, Client, StreamKind};
 use clap::Args;
-use protocol::methods::ConnectSocket;
-use protocol::{pb, Client, StreamKind};
 
 #[derive(Args, Debug)]
 #[command(

@@ -2,9 +2,9 @@
 
 use std::process::ExitCode;
 
+use capsule_protocol::methods::ListProcesses;
+use capsule_protocol::pb;
 use clap::Args;
-use protocol::methods::ListProcesses;
-use protocol::pb;
 
 #[derive(Args, Debug)]
 pub struct PsArgs {

@@ -6,11 +6,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
+use capsule_vmm::builder::{MicroVm, VmConfig};
+use capsule_vmm::devices::legacy::serial::ConsoleSink;
+use capsule_vmm::devices::virtio::block::BlockConfig;
+use capsule_vmm::kvm_flavor::{GuestProfile, KvmFlavor};
 use clap::{Args, ValueEnum};
-use vmm::builder::{MicroVm, VmConfig};
-use vmm::devices::legacy::serial::ConsoleSink;
-use vmm::devices::virtio::block::BlockConfig;
-use vmm::kvm_flavor::{GuestProfile, KvmFlavor};
 
 /// Guest kernel parameters for the kind of host (see `capsule run --help`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -120,7 +120,7 @@ fn build(args: RunArgs) -> anyhow::Result<MicroVm> {
         rng: !args.no_rng,
         vsock: args
             .vsock_uds
-            .map(|path| vsock::VsockConfig::new(args.vsock_cid, path)),
+            .map(|path| capsule_vsock::VsockConfig::new(args.vsock_cid, path)),
         disks: args.disk.iter().map(|spec| parse_disk(spec)).collect(),
         profile,
     })?;

@@ -3,7 +3,7 @@
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicI32, Ordering};
 
-use protocol::pb::TtySize;
+use capsule_protocol::pb::TtySize;
 
 const STDIN: RawFd = 0;
 const STDOUT: RawFd = 1;

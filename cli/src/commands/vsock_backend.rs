@@ -4,8 +4,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
+use capsule_vsock::{VsockConfig, DEFAULT_MAX_CONNECTIONS};
 use clap::Args;
-use vsock::{VsockConfig, DEFAULT_MAX_CONNECTIONS};
 
 #[derive(Args, Debug)]
 #[command(
@@ -42,7 +42,7 @@ pub struct VsockBackendArgs {
 pub fn run(args: VsockBackendArgs) -> anyhow::Result<ExitCode> {
     let mut cfg = VsockConfig::new(args.guest_cid, &args.uds);
     cfg.max_connections = usize::from(args.max_connections);
-    vsock::vhost_user::serve(cfg, &args.socket).with_context(|| {
+    capsule_vsock::vhost_user::serve(cfg, &args.socket).with_context(|| {
         format!(
             "vhost-user-vsock backend on {} (host sockets at {})",
             args.socket.display(),

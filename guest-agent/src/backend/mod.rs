@@ -21,7 +21,7 @@ use crate::reaper::{ExitStatus, Reaper};
 use crate::sys::Errno;
 
 /// CONTAINER_* flags of the RFC, from the wire format's one home.
-pub use protocol::container::flags;
+pub use capsule_protocol::container::flags;
 
 /// A backend error: the errno and what was being done.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -7,7 +7,7 @@ pub mod stream;
 
 use std::sync::Arc;
 
-use protocol::{AGENT_PORT, STREAM_PORT};
+use capsule_protocol::{AGENT_PORT, STREAM_PORT};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 
 use crate::service::Agent;
@@ -42,7 +42,7 @@ async fn serve_vsock(agent: Arc<Agent>) -> anyhow::Result<()> {
     let stream_loop = async move {
         loop {
             let (s, peer) = streams.accept().await?;
-            if peer.cid() != protocol::HOST_CID {
+            if peer.cid() != capsule_protocol::HOST_CID {
                 log::warn!("stream connection from CID {} refused", peer.cid());
                 continue;
             }
@@ -54,7 +54,7 @@ async fn serve_vsock(agent: Arc<Agent>) -> anyhow::Result<()> {
     let rpc_loop = async move {
         loop {
             let (s, peer) = rpc.accept().await?;
-            if peer.cid() != protocol::HOST_CID {
+            if peer.cid() != capsule_protocol::HOST_CID {
                 log::warn!("RPC connection from CID {} refused", peer.cid());
                 continue;
             }
@@ -80,7 +80,7 @@ async fn serve_unix(agent: Arc<Agent>, path: std::path::PathBuf) -> anyhow::Resu
             let read = tokio::time::timeout(
                 std::time::Duration::from_secs(10),
                 (&mut s)
-                    .take(protocol::hybrid::MAX_LINE as u64)
+                    .take(capsule_protocol::hybrid::MAX_LINE as u64)
                     .read_until(b'\n', &mut line),
             )
             .await;
@@ -90,14 +90,14 @@ async fn serve_unix(agent: Arc<Agent>, path: std::path::PathBuf) -> anyhow::Resu
             let Some(line) = line.strip_suffix(b"\n") else {
                 return;
             };
-            let Ok(port) = protocol::hybrid::parse_connect_line(line) else {
+            let Ok(port) = capsule_protocol::hybrid::parse_connect_line(line) else {
                 return;
             };
             if port != AGENT_PORT && port != STREAM_PORT {
                 return; // nothing listens there: the connection is reset
             }
             if s.get_mut()
-                .write_all(protocol::hybrid::ok_line(port).as_bytes())
+                .write_all(capsule_protocol::hybrid::ok_line(port).as_bytes())
                 .await
                 .is_err()
             {

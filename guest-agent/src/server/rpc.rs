@@ -3,9 +3,9 @@
 
 use std::sync::Arc;
 
-use protocol::frame::{FrameHeader, HEADER_LEN, TYPE_REQUEST};
-use protocol::rpc;
-use protocol::{Code, RpcError, MAX_MESSAGE_SIZE};
+use capsule_protocol::frame::{FrameHeader, HEADER_LEN, TYPE_REQUEST};
+use capsule_protocol::rpc;
+use capsule_protocol::{Code, RpcError, MAX_MESSAGE_SIZE};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, Semaphore};
 
@@ -72,7 +72,7 @@ pub async fn serve(agent: Arc<Agent>, conn: BoxStream) {
         let agent = agent.clone();
         let tx = tx.clone();
         tokio::spawn(async move {
-            let frame = protocol::frame::Frame { header: h, payload };
+            let frame = capsule_protocol::frame::Frame { header: h, payload };
             let result = match rpc::decode_request(&frame) {
                 Err(e) => Err(e),
                 Ok(req) => {

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use protocol::stream::{StreamHeader, StreamKind, STREAM_HEADER_LEN};
+use capsule_protocol::stream::{StreamHeader, StreamKind, STREAM_HEADER_LEN};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::attach::Attachments;

@@ -6,8 +6,10 @@ use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use protocol::validate::{self, absolute_path, plain_string, MAX_OPTIONS_LEN, MAX_PATH_LEN};
-use protocol::{pb, Code, RpcError};
+use capsule_protocol::validate::{
+    self, absolute_path, plain_string, MAX_OPTIONS_LEN, MAX_PATH_LEN,
+};
+use capsule_protocol::{pb, Code, RpcError};
 
 use super::{check_signal, Agent};
 use crate::backend::{flags, BackendError, Container, CreateSpec, MountSpec, RootSpec};

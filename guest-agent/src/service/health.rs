@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use protocol::{pb, RpcError};
+use capsule_protocol::{pb, RpcError};
 
 use super::Agent;
 use crate::sys;
@@ -24,11 +24,11 @@ impl Agent {
         let release = sys::kernel_release();
         Ok(pb::VersionCheckResponse {
             agent_version: env!("CARGO_PKG_VERSION").into(),
-            protocol_version: protocol::PROTOCOL_VERSION,
+            protocol_version: capsule_protocol::PROTOCOL_VERSION,
             backend: self.backend.name().into(),
             kernel_release: release,
-            max_message_size: protocol::MAX_MESSAGE_SIZE,
-            stream_port: protocol::STREAM_PORT,
+            max_message_size: capsule_protocol::MAX_MESSAGE_SIZE,
+            stream_port: capsule_protocol::STREAM_PORT,
         })
     }
 }

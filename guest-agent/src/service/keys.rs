@@ -2,8 +2,8 @@
 
 use std::sync::Arc;
 
-use protocol::validate::{plain_string, MAX_KEY_DESC_LEN, MAX_KEY_PAYLOAD};
-use protocol::{pb, RpcError};
+use capsule_protocol::validate::{plain_string, MAX_KEY_DESC_LEN, MAX_KEY_PAYLOAD};
+use capsule_protocol::{pb, RpcError};
 
 use super::Agent;
 use crate::backend::child::cstr;

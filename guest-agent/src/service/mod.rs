@@ -16,9 +16,9 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use capsule_protocol::methods::{self as m, Method};
+use capsule_protocol::{pb, validate, Code, RpcError};
 use prost::Message;
-use protocol::methods::{self as m, Method};
-use protocol::{pb, validate, Code, RpcError};
 use tokio::sync::watch;
 
 pub use containers::{validate_create, ContainerEntry, MAX_CONTAINERS};
@@ -32,7 +32,7 @@ use crate::reaper::Reaper;
 use crate::transport::Transport;
 
 /// PATH used when the request's env has none.
-pub use protocol::DEFAULT_PATH;
+pub use capsule_protocol::DEFAULT_PATH;
 
 impl From<BackendError> for RpcError {
     fn from(e: BackendError) -> Self {
@@ -54,7 +54,7 @@ pub struct Agent {
 }
 
 fn decode<T: Message + Default>(payload: &[u8], method: &str) -> Result<T, RpcError> {
-    protocol::rpc::decode_message(payload, method)
+    capsule_protocol::rpc::decode_message(payload, method)
 }
 
 impl Agent {
@@ -105,7 +105,7 @@ impl Agent {
                         let resp: <m::$m as Method>::Response = self.$f(req).await?;
                         Ok(resp.encode_to_vec())
                     } )*
-                    _ => Err(protocol::rpc::unknown_method(service, method)),
+                    _ => Err(capsule_protocol::rpc::unknown_method(service, method)),
                 }
             };
         }

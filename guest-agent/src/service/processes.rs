@@ -7,10 +7,10 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use protocol::validate::{
+use capsule_protocol::validate::{
     self, absolute_path, string_list, MAX_ARGS, MAX_ARG_LEN, MAX_ENV, MAX_GROUPS,
 };
-use protocol::{pb, Code, RpcError, DEFAULT_PATH};
+use capsule_protocol::{pb, Code, RpcError, DEFAULT_PATH};
 use tokio::sync::watch;
 
 use super::{check_signal, Agent};

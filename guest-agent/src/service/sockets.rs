@@ -5,8 +5,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
-use protocol::validate::absolute_path;
-use protocol::{pb, Code, RpcError};
+use capsule_protocol::validate::absolute_path;
+use capsule_protocol::{pb, Code, RpcError};
 
 use super::{Agent, ContainerEntry};
 use crate::bridge::{self, Addr};

@@ -5,9 +5,9 @@ use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+use capsule_protocol::methods::{self as m, Method};
+use capsule_protocol::{pb, Code, RpcError};
 use prost::Message;
-use protocol::methods::{self as m, Method};
-use protocol::{pb, Code, RpcError};
 
 use super::Agent;
 use crate::backend::{

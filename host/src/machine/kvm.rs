@@ -1,9 +1,9 @@
 //! The KVM machine: capsule's own VMM, in this process.
 
-use vmm::builder::{MicroVm, VmConfig};
-use vmm::devices::virtio::block::BlockConfig;
-use vmm::exit::ExitReason;
-use vmm::kvm_flavor::{GuestProfile, KvmFlavor};
+use capsule_vmm::builder::{MicroVm, VmConfig};
+use capsule_vmm::devices::virtio::block::BlockConfig;
+use capsule_vmm::exit::ExitReason;
+use capsule_vmm::kvm_flavor::{GuestProfile, KvmFlavor};
 
 use super::{Machine, MachineConfig, MachineError};
 use crate::console::PanicWatch;
@@ -30,7 +30,7 @@ fn run(config: &MachineConfig) -> Result<(ExitReason, PanicWatch), MachineError>
         console: Box::new(console),
         console_input: None,
         rng: true,
-        vsock: Some(vsock::VsockConfig::new(
+        vsock: Some(capsule_vsock::VsockConfig::new(
             u64::from(config.guest_cid),
             &config.vsock_uds,
         )),

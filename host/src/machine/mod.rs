@@ -11,14 +11,14 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use crate::console::PanicWatch;
-use vmm::exit::ExitReason;
-use vmm::kvm_flavor::KvmFlavor;
+use capsule_vmm::exit::ExitReason;
+use capsule_vmm::kvm_flavor::KvmFlavor;
 
 /// Errors while starting a machine.
 #[derive(Debug, thiserror::Error)]
 pub enum MachineError {
     #[error(transparent)]
-    Build(#[from] vmm::builder::BuildError),
+    Build(#[from] capsule_vmm::builder::BuildError),
     #[error("{0} not found in PATH (scripts/install-deps.sh installs qemu-system-x86)")]
     QemuMissing(&'static str),
     #[error("cannot start {what}")]

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use log::{info, warn};
 
-use vmm::exit::ExitReason;
+use capsule_vmm::exit::ExitReason;
 
 use super::{Machine, MachineConfig, MachineError};
 use crate::console::PanicWatch;
@@ -111,13 +111,14 @@ fn run(config: &MachineConfig, accel: Accel) -> Result<(ExitReason, PanicWatch),
     let qemu = find_qemu()?;
     let vhost_socket = config.run_dir.join("vhost-vsock.sock");
     let _ = std::fs::remove_file(&vhost_socket);
-    let mut vsock_cfg = vsock::VsockConfig::new(u64::from(config.guest_cid), &config.vsock_uds);
-    vsock_cfg.max_connections = vsock::DEFAULT_MAX_CONNECTIONS;
+    let mut vsock_cfg =
+        capsule_vsock::VsockConfig::new(u64::from(config.guest_cid), &config.vsock_uds);
+    vsock_cfg.max_connections = capsule_vsock::DEFAULT_MAX_CONNECTIONS;
     let socket = vhost_socket.clone();
     std::thread::Builder::new()
         .name("capsule-vhost-vsock".into())
         .spawn(move || {
-            if let Err(e) = vsock::vhost_user::serve(vsock_cfg, &socket) {
+            if let Err(e) = capsule_vsock::vhost_user::serve(vsock_cfg, &socket) {
                 warn!("vhost-user vsock backend ended: {e}");
             }
         })
