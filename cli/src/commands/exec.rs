@@ -186,8 +186,8 @@ fn pump(
 }
 
 fn run_pipes(client: &Arc<Client>, name: &str, id: u64, with_stdin: bool) -> Result<u8> {
-    // Each stream is its own vsock connection, and the process starts once all are attached:
-    // attach them concurrently.
+    // Each stream is its own vsock connection: attach them concurrently. The process already
+    // runs (it was forked at Exec); what it writes meanwhile waits in its pipes.
     let (stdin, stdout, stderr) = std::thread::scope(|scope| {
         let attach = |kind| scope.spawn(move || client.attach(kind, id));
         let stdin = with_stdin.then(|| attach(StreamKind::Stdin));
