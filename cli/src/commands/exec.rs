@@ -8,8 +8,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use anyhow::{bail, Context, Result};
-use capsule_protocol::methods::{Exec, ResizeTty};
-use capsule_protocol::{pb, Client, StreamKind};
+use capsule_host::exec::{ExecError, ExecSpec, Process, Streams};
 use clap::Args;
 
 use super::common;
@@ -51,10 +50,8 @@ pub fn run(args: ExecArgs) -> ExitCode {
             // Like a shell: 127 when the program is not there, 126 when it cannot be run;
             // only for errors about the program itself, not e.g. a missing container.
             let program_errno = e
-                .downcast_ref::<capsule_protocol::ClientError>()
-                .and_then(|c| c.rpc())
-                .filter(|r| r.field == "argv[0]")
-                .map_or(0, |r| r.errno);
+                .downcast_ref::<ExecError>()
+                .map_or(0, ExecError::program_errno);
             let code = match program_errno {
                 libc::ENOENT => 127,
                 libc::EACCES | libc::ENOEXEC => 126,
@@ -115,37 +112,27 @@ fn exec(args: &ExecArgs) -> Result<u8> {
         .unwrap_or((0, 0));
     let env = environment(args)?;
     let (_, client) = common::agent(&args.name)?;
-    let client = Arc::new(client);
-    let stream_mode = pb::StdioMode::StdioStream as i32;
-    // Nothing to forward from /dev/null: the process gets its own, and one stream fewer is set up.
-    let stdin_mode = if stdin_is_null() {
-        pb::StdioMode::StdioNull as i32
-    } else {
-        stream_mode
-    };
-    let request = pb::ExecRequest {
-        container: args.name.clone(),
+    let spec = ExecSpec {
         argv: args.command.clone(),
         env,
         cwd: args.workdir.clone().unwrap_or_default(),
         uid,
         gid,
-        additional_gids: Vec::new(),
-        tty: args.tty,
-        tty_size: args.tty.then(terminal_size).flatten(),
-        stdin: stdin_mode,
-        stdout: stream_mode,
-        stderr: stream_mode,
+        tty: args.tty.then(terminal_size),
+        // Nothing to forward from /dev/null: the process gets its own, and one stream fewer
+        // is set up.
+        stdin: !stdin_is_null(),
     };
-    let started = client
-        .call::<Exec>(&request)
-        .with_context(|| format!("cannot run {:?} in {}", args.command[0], args.name))?;
-    let id = started.exec_id;
-    if args.tty {
-        run_tty(&client, &args.name, id)
-    } else {
-        run_pipes(&client, &args.name, id, stdin_mode == stream_mode)
-    }
+    let process = Process::start(Arc::new(client), &args.name, spec)?;
+    let code = match process.attach()? {
+        Streams::Tty(tty) => run_tty(&process, tty)?,
+        Streams::Pipes {
+            stdin,
+            stdout,
+            stderr,
+        } => run_pipes(&process, stdin, stdout, stderr)?,
+    };
+    Ok(code)
 }
 
 /// Whether standard input is /dev/null (or closed). Decided from fd 0 itself: `/dev/stdin` is a
@@ -185,21 +172,12 @@ fn pump(
     })
 }
 
-fn run_pipes(client: &Arc<Client>, name: &str, id: u64, with_stdin: bool) -> Result<u8> {
-    // Each stream is its own vsock connection: attach them concurrently. The process already
-    // runs (it was forked at Exec); what it writes meanwhile waits in its pipes.
-    let (stdin, stdout, stderr) = std::thread::scope(|scope| {
-        let attach = |kind| scope.spawn(move || client.attach(kind, id));
-        let stdin = with_stdin.then(|| attach(StreamKind::Stdin));
-        let stdout = attach(StreamKind::Stdout);
-        let stderr = attach(StreamKind::Stderr);
-        let join = |h: std::thread::ScopedJoinHandle<'_, _>| {
-            h.join()
-                .unwrap_or_else(|_| Err(capsule_protocol::ClientError::Disconnected))
-        };
-        (stdin.map(join).transpose(), join(stdout), join(stderr))
-    });
-    let (stdin, stdout, stderr) = (stdin?, stdout?, stderr?);
+fn run_pipes(
+    process: &Process,
+    stdin: Option<UnixStream>,
+    stdout: UnixStream,
+    stderr: UnixStream,
+) -> Result<u8> {
     let out = pump(stdout, std::io::stdout());
     let err = pump(stderr, std::io::stderr());
     // Host stdin is forwarded until it ends; then the stream is half-closed, which reaches the
@@ -224,41 +202,23 @@ fn run_pipes(client: &Arc<Client>, name: &str, id: u64, with_stdin: bool) -> Res
         }
         let _ = input.shutdown(std::net::Shutdown::Write);
     });
-    let status = wait(client, name, id)?;
+    // Commands run as long as they like: no RPC timeout on the wait.
+    let status = process.wait()?;
     // The process is gone: its output streams end once the agent has sent what is left.
     let _ = out.join();
     let _ = err.join();
-    Ok(status)
+    Ok(status.shell_code())
 }
 
-fn run_tty(client: &Arc<Client>, name: &str, id: u64) -> Result<u8> {
-    let tty: UnixStream = client.attach(StreamKind::Tty, id)?;
+fn run_tty(process: &Process, tty: UnixStream) -> Result<u8> {
     let _raw = RawMode::enter();
     let out = pump(tty.try_clone()?, std::io::stdout());
     let _input = pump(std::io::stdin(), tty);
-    let resize_client = client.clone();
-    let container = name.to_string();
+    let resizer = process.clone();
     let _winch = WinchWatcher::start(move |size| {
-        let _ = resize_client.call::<ResizeTty>(&pb::ResizeTtyRequest {
-            container: container.clone(),
-            exec_id: id,
-            size: Some(size),
-        });
+        let _ = resizer.resize(size);
     });
-    let status = wait(client, name, id)?;
+    let status = process.wait()?;
     let _ = out.join();
-    Ok(status)
-}
-
-/// Waits for the process and turns its end into an exit status.
-fn wait(client: &Client, name: &str, id: u64) -> Result<u8> {
-    // Commands run as long as they like: no RPC timeout on the wait.
-    let done = client
-        .wait_process(name, id)
-        .with_context(|| format!("lost the command in {name}"))?;
-    Ok(if done.signal > 0 {
-        (128 + done.signal).min(255) as u8
-    } else {
-        done.exit_code.clamp(0, 255) as u8
-    })
+    Ok(status.shell_code())
 }
