@@ -18,6 +18,10 @@ use crate::spec::{detect_fstype, SpecError, VmSpec};
 use crate::state::{default_root, process_alive, Phase, StateDir, StateError, Status};
 use crate::supervisor::{STOP_REQUESTED, SUPERVISE_COMMAND};
 
+/// The key type of DNS lookups from the guest kernel, answered by default by the shipped
+/// helper (`<program> helper dns-resolver`).
+pub const DNS_RESOLVER: &str = "dns_resolver";
+
 /// The guest CID every capsule VM gets (each VM has its own vsock device).
 pub const GUEST_CID: u32 = 3;
 
@@ -305,17 +309,13 @@ pub fn prepare(req: CreateRequest) -> Result<Prepared, CreateError> {
         .iter()
         .map(|v| Ok((v.clone(), detect_fstype(&v.image)?)))
         .collect::<Result<Vec<_>, SpecError>>()?;
-    let mut upcalls = BTreeMap::new();
-    upcalls.insert(
-        "dns_resolver".to_string(),
-        dns_helper_wrapper(&req.program)?,
-    );
-    for (key_type, helper) in &req.upcalls {
-        match helper {
-            None => upcalls.remove(key_type),
-            Some(prog) => upcalls.insert(key_type.clone(), prog.clone()),
-        };
-    }
+    // The helpers asked for; the shipped dns_resolver helper is added once all checks passed,
+    // so a refused request writes nothing.
+    let upcalls: BTreeMap<String, PathBuf> = req
+        .upcalls
+        .iter()
+        .filter_map(|(key_type, helper)| Some((key_type.clone(), helper.clone()?)))
+        .collect();
     for path in [req.kernel.as_ref(), req.initrd.as_ref()]
         .into_iter()
         .flatten()
@@ -346,7 +346,7 @@ pub fn prepare(req: CreateRequest) -> Result<Prepared, CreateError> {
         });
     }
     let (machine, machine_reason) = select_machine(req.machine);
-    let spec = VmSpec {
+    let mut spec = VmSpec {
         name: req.name,
         machine,
         machine_reason,
@@ -361,6 +361,10 @@ pub fn prepare(req: CreateRequest) -> Result<Prepared, CreateError> {
         upcall_timeout_secs: req.upcall_timeout.as_secs(),
     };
     spec.check()?;
+    if !req.upcalls.contains_key(DNS_RESOLVER) {
+        spec.upcalls
+            .insert(DNS_RESOLVER.to_string(), dns_helper_wrapper(&req.program)?);
+    }
     Ok(Prepared {
         spec,
         rootfs: rootfs_type.map(|t| (t, req.rootfs_writable)),
