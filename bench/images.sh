@@ -19,7 +19,7 @@ while [ $# -gt 0 ]; do
 done
 
 ./scripts/install-deps.sh >/dev/null
-cargo build --release -q -p capsule-vmm --bin capsule
+cargo build --release -q -p capsule-cli --bin capsule
 capsule=$PWD/target/release/capsule
 
 work=$(mktemp -d "$base/capsule-images-bench.XXXXXX")

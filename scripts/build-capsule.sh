@@ -8,5 +8,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 target=x86_64-unknown-linux-gnu
 RUSTFLAGS='-C target-feature=+crt-static' cargo build --release --locked -q \
-  -p capsule-vmm --bin capsule --target "$target" >&2
+  -p capsule-cli --bin capsule --target "$target" >&2
 echo "${CARGO_TARGET_DIR:-$PWD/target}/$target/release/capsule"

@@ -3,17 +3,35 @@
 //! kernel's container syscalls, or mainline primitives), reaps every child, and forwards
 //! request-key upcalls to the host ([`request_key`]).
 
-pub mod agent;
+//!
+//! Layers, bottom up (a module imports only from layers below it): [`sys`] (raw system calls)
+//! and [`transport`]; [`attach`] (fds and bridges waiting for a stream), [`tty`], [`bridge`],
+//! [`backend`], [`reaper`], [`keyring`]; [`service`] (the RPCs by family); [`server`] (the RPC
+//! port and the stream port). `unsafe` is denied outside `sys`, the backends (whose fork child
+//! runs raw system calls), PID 1 duties and the shipped helpers.
+
+#![deny(unsafe_code)]
+
+pub mod attach;
+#[allow(unsafe_code)]
 pub mod backend;
 pub mod bridge;
+#[allow(unsafe_code)]
 pub mod init;
+#[allow(unsafe_code)]
 pub mod keyctl;
-pub mod keys;
+pub mod keyring;
+pub mod lock;
+#[allow(unsafe_code)]
 pub mod reaper;
+#[allow(unsafe_code)]
 pub mod request_key;
 pub mod server;
-pub mod stream;
+pub mod service;
+#[allow(unsafe_code)]
 pub mod sys;
+pub mod transport;
+pub mod tty;
 
 use std::sync::Arc;
 
@@ -57,7 +75,7 @@ pub enum OnShutdown {
 
 /// Options of one agent run.
 pub struct Options {
-    pub transport: stream::Transport,
+    pub transport: transport::Transport,
     pub backend: BackendChoice,
     pub cgroup_parent: Option<std::path::PathBuf>,
     pub on_shutdown: OnShutdown,
@@ -107,7 +125,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
             )),
         };
         log::info!("backend: {}", backend.name());
-        let agent = agent::Agent::new(backend, reaper, opts.transport);
+        let agent = service::Agent::new(backend, reaper, opts.transport);
         let grace = server::serve(agent.clone()).await?;
         log::info!("shutting down (grace {grace} s)");
         agent

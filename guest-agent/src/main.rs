@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
-use capsule_agent::stream::Transport;
+use capsule_agent::transport::Transport;
 use capsule_agent::{init, keyctl, request_key, run, BackendChoice, OnShutdown, Options};
 
 const USAGE: &str = "usage:

@@ -9,9 +9,9 @@ use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
-use protocol::pb;
+use capsule_protocol::pb;
 
-use crate::keys;
+use crate::keyring;
 use crate::sys;
 
 /// How long a negative key stays (seconds) when the host gives none.
@@ -29,13 +29,13 @@ pub enum HelperError {
     #[error("connecting to the host")]
     Connect(#[source] std::io::Error),
     #[error("upcall")]
-    Upcall(#[source] protocol::ClientError),
+    Upcall(#[source] capsule_protocol::ClientError),
 }
 
 /// Operations on keys, behind a trait so the helper's logic is testable without a kernel upcall.
 pub trait KeyOps {
     fn assume_authority(&self, key: i32) -> Result<(), i32>;
-    fn describe(&self, key: i32) -> Result<keys::KeyDescription, i32>;
+    fn describe(&self, key: i32) -> Result<keyring::KeyDescription, i32>;
     fn callout_info(&self) -> Vec<u8>;
     fn container_name(&self, session_keyring: i32) -> String;
     fn instantiate(&self, key: i32, payload: &[u8], expiry_secs: u32) -> Result<(), i32>;
@@ -50,8 +50,8 @@ impl KeyOps for KernelKeys {
         sys::keyctl(sys::KEYCTL_ASSUME_AUTHORITY, key as libc::c_ulong, 0, 0, 0).map(|_| ())
     }
 
-    fn describe(&self, key: i32) -> Result<keys::KeyDescription, i32> {
-        keys::describe(key)
+    fn describe(&self, key: i32) -> Result<keyring::KeyDescription, i32> {
+        keyring::describe(key)
     }
 
     fn callout_info(&self) -> Vec<u8> {
@@ -67,7 +67,7 @@ impl KeyOps for KernelKeys {
             libc::syscall(
                 libc::SYS_request_key,
                 c"user".as_ptr(),
-                keys::NAME_KEY.as_ptr(),
+                keyring::NAME_KEY.as_ptr(),
                 std::ptr::null::<libc::c_char>(),
                 0,
             )
@@ -78,7 +78,7 @@ impl KeyOps for KernelKeys {
             }
         }
         // Mainline: the session keyring is named capsule:<agent pid>:<name>.
-        keys::describe(session_keyring)
+        keyring::describe(session_keyring)
             .ok()
             .and_then(|d| {
                 d.description
@@ -143,8 +143,8 @@ fn connect(host: &Host) -> std::io::Result<UnixStream> {
             // SAFETY: sockaddr_vm is plain old data.
             let mut addr: libc::sockaddr_vm = unsafe { std::mem::zeroed() };
             addr.svm_family = libc::AF_VSOCK as libc::sa_family_t;
-            addr.svm_cid = protocol::HOST_CID;
-            addr.svm_port = protocol::UPCALL_PORT;
+            addr.svm_cid = capsule_protocol::HOST_CID;
+            addr.svm_port = capsule_protocol::UPCALL_PORT;
             use std::os::fd::AsRawFd;
             // SAFETY: connect with a valid sockaddr_vm.
             let r = unsafe {
@@ -209,7 +209,7 @@ pub fn run(
             .map_err(HelperError::Connect)?;
         conn.set_write_timeout(Some(timeout))
             .map_err(HelperError::Connect)?;
-        protocol::upcall::call(&mut conn, &request).map_err(HelperError::Upcall)
+        capsule_protocol::upcall::call(&mut conn, &request).map_err(HelperError::Upcall)
     })();
     match answer {
         Ok(resp) if !resp.negate => ops
@@ -286,8 +286,8 @@ mod tests {
                 Ok(())
             }
         }
-        fn describe(&self, _: i32) -> Result<keys::KeyDescription, i32> {
-            Ok(keys::parse_description("dns_resolver;0;0;3f010000;example.org").unwrap())
+        fn describe(&self, _: i32) -> Result<keyring::KeyDescription, i32> {
+            Ok(keyring::parse_description("dns_resolver;0;0;3f010000;example.org").unwrap())
         }
         fn callout_info(&self) -> Vec<u8> {
             b"ipv4".to_vec()
@@ -316,7 +316,7 @@ mod tests {
     }
 
     fn host(
-        answer: Option<Result<pb::UpcallResponse, protocol::RpcError>>,
+        answer: Option<Result<pb::UpcallResponse, capsule_protocol::RpcError>>,
     ) -> (
         tempdir::Dir,
         std::thread::JoinHandle<Option<pb::UpcallRequest>>,
@@ -325,7 +325,7 @@ mod tests {
         let l = std::os::unix::net::UnixListener::bind(dir.path().join("up")).unwrap();
         let t = std::thread::spawn(move || {
             let (mut c, _) = l.accept().unwrap();
-            let call = protocol::upcall::read_call(&mut c).ok()?;
+            let call = capsule_protocol::upcall::read_call(&mut c).ok()?;
             match answer {
                 Some(a) => call.answer(&mut c, a).unwrap(),
                 None => {
@@ -396,8 +396,8 @@ mod tests {
 
     #[test]
     fn host_error_or_silence_negates_the_key() {
-        let (dir, t) = host(Some(Err(protocol::RpcError::new(
-            protocol::Code::NotFound,
+        let (dir, t) = host(Some(Err(capsule_protocol::RpcError::new(
+            capsule_protocol::Code::NotFound,
             "no helper",
         ))));
         let f = Fake::default();

@@ -1,9 +1,12 @@
-//! Thin wrappers over the Linux system calls the agent needs and libc does not wrap: clone3,
-//! pidfds, setns, the mount API, keyctl. Every function returns the raw errno on failure and
-//! does not allocate, so the ones marked *fork-safe* may be called between fork and exec.
+//! Thin wrappers over the Linux system calls the agent needs: clone3, pidfds, setns, the mount
+//! API, keyctl, and the socket, terminal and descriptor calls of the service, the bridges and
+//! the stream port. Raw system calls live here (and in the fork child, `backend::child`), so
+//! the layers above are free of `unsafe`. Functions return the raw errno (or an `io::Error`)
+//! on failure; the ones marked *fork-safe* do not allocate and may run between fork and exec.
 
 use std::ffi::CStr;
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 /// An errno value.
 pub type Errno = i32;
@@ -314,4 +317,267 @@ pub fn last_errno() -> Errno {
 pub fn exit_now(code: i32) -> ! {
     // SAFETY: _exit never returns and runs no destructors or atexit handlers.
     unsafe { libc::_exit(code) }
+}
+
+/// The running kernel's release (`uname -r`).
+pub fn kernel_release() -> String {
+    // SAFETY: uname(2) fills the zeroed struct we own; `release` is NUL-terminated by the
+    // kernel (and by the zeroing when the call fails).
+    unsafe {
+        let mut u: libc::utsname = std::mem::zeroed();
+        libc::uname(&mut u);
+        CStr::from_ptr(u.release.as_ptr())
+            .to_string_lossy()
+            .into_owned()
+    }
+}
+
+/// The agent's own (uid, gid).
+pub fn credentials() -> (u32, u32) {
+    // SAFETY: getuid/getgid cannot fail and touch no memory.
+    unsafe { (libc::getuid(), libc::getgid()) }
+}
+
+/// `/dev/null`, read-write, close-on-exec.
+pub fn open_dev_null() -> Result<OwnedFd, Errno> {
+    // SAFETY: open(2) of a static NUL-terminated path.
+    let fd = unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
+    check(fd as libc::c_long)?;
+    // SAFETY: a new descriptor we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// kill(2).
+pub fn kill(pid: libc::pid_t, signal: i32) -> Result<(), Errno> {
+    // SAFETY: kill(2) touches no memory of ours.
+    check(unsafe { libc::kill(pid, signal) } as libc::c_long).map(drop)
+}
+
+/// Sets IFF_UP on the interface `name` through `sock` (a socket of its network namespace).
+pub fn interface_up(sock: &OwnedFd, name: &str) -> Result<(), Errno> {
+    #[repr(C)]
+    struct IfReq {
+        name: [u8; 16],
+        flags: libc::c_short,
+        pad: [u8; 22],
+    }
+    let mut req = IfReq {
+        name: [0; 16],
+        flags: 0,
+        pad: [0; 22],
+    };
+    let n = name.len().min(15);
+    req.name[..n].copy_from_slice(&name.as_bytes()[..n]);
+    // SAFETY: SIOCGIFFLAGS with a properly sized ifreq we own.
+    check(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) } as libc::c_long)?;
+    req.flags |= libc::IFF_UP as libc::c_short;
+    // SAFETY: SIOCSIFFLAGS with the same ifreq.
+    check(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) } as libc::c_long)
+        .map(drop)
+}
+
+/// openpty(3): (master, slave), both close-on-exec.
+pub fn openpty() -> Result<(OwnedFd, OwnedFd), Errno> {
+    let (mut master, mut slave) = (-1, -1);
+    // SAFETY: openpty with valid out-pointers and null name/termios/winsize.
+    let r = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    check(r as libc::c_long)?;
+    // SAFETY: openpty returned two descriptors we now own.
+    let (master, slave) = unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
+    for fd in [master.as_raw_fd(), slave.as_raw_fd()] {
+        // SAFETY: fcntl on descriptors we own.
+        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    }
+    Ok((master, slave))
+}
+
+/// TIOCSWINSZ on a terminal.
+pub fn set_winsize(fd: RawFd, rows: u16, cols: u16) -> Result<(), Errno> {
+    let ws = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ with a valid winsize.
+    check(unsafe { libc::ioctl(fd, libc::TIOCSWINSZ, &ws) } as libc::c_long).map(drop)
+}
+
+/// Sets O_NONBLOCK on a descriptor the caller holds.
+pub fn set_nonblocking(fd: RawFd) {
+    // SAFETY: fcntl on a descriptor the caller holds.
+    unsafe {
+        let fl = libc::fcntl(fd, libc::F_GETFL);
+        libc::fcntl(fd, libc::F_SETFL, fl | libc::O_NONBLOCK);
+    }
+}
+
+/// One read(2) into `buf`.
+pub fn read(fd: RawFd, buf: &mut [u8]) -> std::io::Result<usize> {
+    // SAFETY: the pointer and length describe `buf`.
+    let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+    if n < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// One write(2) from `buf`.
+pub fn write(fd: RawFd, buf: &[u8]) -> std::io::Result<usize> {
+    // SAFETY: the pointer and length describe `buf`.
+    let n = unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) };
+    if n < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// Registers an owned descriptor with tokio's reactor.
+pub fn async_fd(fd: OwnedFd) -> std::io::Result<tokio::io::unix::AsyncFd<OwnedFd>> {
+    // SAFETY: an OwnedFd always returns the descriptor it owns, open until dropped.
+    unsafe { tokio::io::unix::AsyncFd::register(fd) }.map_err(std::io::Error::from)
+}
+
+/// An encoded socket address.
+pub struct SockAddr {
+    storage: libc::sockaddr_storage,
+    len: libc::socklen_t,
+}
+
+impl SockAddr {
+    /// An AF_INET or AF_INET6 address.
+    pub fn inet(a: &SocketAddr) -> SockAddr {
+        // SAFETY: sockaddr_storage is plain old data; zero is a valid value.
+        let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+        let len = match a {
+            SocketAddr::V4(v4) => {
+                let sin = libc::sockaddr_in {
+                    sin_family: libc::AF_INET as libc::sa_family_t,
+                    sin_port: v4.port().to_be(),
+                    sin_addr: libc::in_addr {
+                        s_addr: u32::from_ne_bytes(v4.ip().octets()),
+                    },
+                    sin_zero: [0; 8],
+                };
+                // SAFETY: sockaddr_storage is larger than sockaddr_in and suitably aligned.
+                unsafe {
+                    std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), sin)
+                };
+                std::mem::size_of::<libc::sockaddr_in>()
+            }
+            SocketAddr::V6(v6) => {
+                let sin6 = libc::sockaddr_in6 {
+                    sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                    sin6_port: v6.port().to_be(),
+                    sin6_flowinfo: 0,
+                    sin6_addr: libc::in6_addr {
+                        s6_addr: v6.ip().octets(),
+                    },
+                    sin6_scope_id: v6.scope_id(),
+                };
+                // SAFETY: as above, for sockaddr_in6.
+                unsafe {
+                    std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), sin6)
+                };
+                std::mem::size_of::<libc::sockaddr_in6>()
+            }
+        };
+        SockAddr {
+            storage,
+            len: len as libc::socklen_t,
+        }
+    }
+
+    /// An AF_UNIX address; `path` must be shorter than `sun_path` (checked by the caller).
+    pub fn unix(path: &str) -> SockAddr {
+        // SAFETY: sockaddr_storage and sockaddr_un are plain old data.
+        let (mut storage, mut sun): (libc::sockaddr_storage, libc::sockaddr_un) =
+            unsafe { (std::mem::zeroed(), std::mem::zeroed()) };
+        sun.sun_family = libc::AF_UNIX as libc::sa_family_t;
+        for (d, s) in sun.sun_path.iter_mut().zip(path.bytes()) {
+            *d = s as libc::c_char;
+        }
+        // SAFETY: sockaddr_storage is larger than sockaddr_un and suitably aligned.
+        unsafe { std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), sun) };
+        let len = std::mem::size_of::<libc::sa_family_t>() + path.len().min(107) + 1;
+        SockAddr {
+            storage,
+            len: len as libc::socklen_t,
+        }
+    }
+}
+
+/// connect(2); a non-blocking socket answers EINPROGRESS (see [`socket_error`]).
+pub fn connect(fd: &OwnedFd, a: &SockAddr) -> std::io::Result<()> {
+    // SAFETY: connect with a valid sockaddr of `len` bytes.
+    let r = unsafe {
+        libc::connect(
+            fd.as_raw_fd(),
+            (&a.storage as *const libc::sockaddr_storage).cast(),
+            a.len,
+        )
+    };
+    if r < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// The pending error of a socket (SO_ERROR), 0 for none.
+pub fn socket_error(fd: &OwnedFd) -> i32 {
+    let mut err: libc::c_int = 0;
+    let mut l = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: SO_ERROR into a local int of the length passed.
+    unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ERROR,
+            (&mut err as *mut libc::c_int).cast(),
+            &mut l,
+        )
+    };
+    err
+}
+
+/// SO_REUSEADDR, bind(2) and listen(2).
+pub fn bind_listen(fd: &OwnedFd, a: &SockAddr, backlog: i32) -> std::io::Result<()> {
+    let one: libc::c_int = 1;
+    // SAFETY: SO_REUSEADDR with a local int.
+    unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_REUSEADDR,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    // SAFETY: bind with a valid sockaddr of `len` bytes.
+    if unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&a.storage as *const libc::sockaddr_storage).cast(),
+            a.len,
+        )
+    } < 0
+    {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: listen(2) on our socket.
+    if unsafe { libc::listen(fd.as_raw_fd(), backlog) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }

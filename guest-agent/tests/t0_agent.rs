@@ -12,8 +12,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use protocol::methods as m;
-use protocol::{pb, Client, Code, HybridVsock, StreamKind};
+use capsule_protocol::methods as m;
+use capsule_protocol::{pb, Client, Code, HybridVsock, StreamKind};
 
 const PYTHON: &str = "/usr/bin/python3";
 const FLAGS: u32 = 0x001 | 0x008 | 0x010 | 0x040 | 0x080; // NEW_FS, UTS, IPC, PID, NET
@@ -169,7 +169,7 @@ fn exec(
     container: &str,
     argv: &[&str],
     tweak: impl FnOnce(&mut pb::ExecRequest),
-) -> Result<Exec, protocol::ClientError> {
+) -> Result<Exec, capsule_protocol::ClientError> {
     let mut req = pb::ExecRequest {
         container: container.into(),
         argv: argv.iter().map(|s| s.to_string()).collect(),
@@ -521,7 +521,7 @@ fn socket_bridges() -> Result<(), String> {
     let client = format!("import socket\nc=socket.create_connection(('127.0.0.1', {}))\nc.sendall(b'hi')\nprint(c.recv(100).decode())\n", l.bound_port);
     let mut cl = exec(&a, "n", &[PYTHON, "-c", &client], |_| {}).map_err(|e| format!("{e:?}"))?;
     let (mut conn, _) = host.accept().map_err(|e| format!("{e:?}"))?;
-    let h = protocol::stream::read_header(&mut conn).map_err(|e| format!("{e:?}"))?;
+    let h = capsule_protocol::stream::read_header(&mut conn).map_err(|e| format!("{e:?}"))?;
     check(
         h.kind == StreamKind::Accepted && h.id == l.listener_id,
         format!("header {h:?}"),
@@ -635,7 +635,7 @@ fn bad_input_and_errors() -> Result<(), String> {
     )?;
     let v = c.version().map_err(|e| format!("{e:?}"))?;
     check(
-        v.protocol_version == protocol::PROTOCOL_VERSION && v.backend == "mainline",
+        v.protocol_version == capsule_protocol::PROTOCOL_VERSION && v.backend == "mainline",
         format!("{v:?}"),
     )?;
     a.create("x", FLAGS)?;
@@ -655,7 +655,7 @@ fn bad_input_and_errors() -> Result<(), String> {
         format!("{list:?}"),
     )?;
 
-    let code = |r: Result<pb::CreateContainerResponse, protocol::ClientError>| {
+    let code = |r: Result<pb::CreateContainerResponse, capsule_protocol::ClientError>| {
         r.err().and_then(|e| e.rpc().cloned())
     };
     let dup = code(c.call::<m::CreateContainer>(&pb::CreateContainerRequest {

@@ -6,11 +6,11 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use images::oci::digest::Digest;
-use images::oci::OciError;
-use images::rootfs::mkfs::find_tool;
-use images::rootfs::staging::StagingError;
-use images::rootfs::{Format, Progress, RootfsBuilder, RootfsError, Source};
+use capsule_images::oci::digest::Digest;
+use capsule_images::oci::OciError;
+use capsule_images::rootfs::mkfs::find_tool;
+use capsule_images::rootfs::staging::StagingError;
+use capsule_images::rootfs::{Format, Progress, RootfsBuilder, RootfsError, Source};
 
 // ---------------------------------------------------------------------------------------------
 // Building test images

@@ -25,9 +25,6 @@ use crate::status::RpcError;
 use crate::stream::{self, StreamHeader, StreamKind};
 use crate::{pb, AGENT_PORT, MAX_MESSAGE_SIZE, STREAM_PORT};
 
-/// Longest `OK <port>` answer line accepted from a hybrid-vsock socket.
-const MAX_OK_LINE: usize = 32;
-
 /// Why a call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -116,10 +113,10 @@ pub fn hybrid_handshake(
     let hs = |reason: String| ClientError::Handshake { port, reason };
     s.set_read_timeout(Some(timeout))
         .map_err(|e| hs(e.to_string()))?;
-    s.write_all(format!("CONNECT {port}\n").as_bytes())
+    s.write_all(crate::hybrid::connect_line(port).as_bytes())
         .map_err(|e| hs(format!("sending CONNECT: {e}")))?;
     // Byte by byte: nothing after the newline belongs to the handshake.
-    let mut line = Vec::with_capacity(MAX_OK_LINE);
+    let mut line = Vec::with_capacity(crate::hybrid::MAX_LINE);
     loop {
         let mut b = [0u8; 1];
         match s.read(&mut b) {
@@ -131,18 +128,15 @@ pub fn hybrid_handshake(
                 ))
             }
             Ok(_) if b[0] == b'\n' => break,
-            Ok(_) if line.len() >= MAX_OK_LINE => return Err(hs("answer line too long".into())),
+            Ok(_) if line.len() >= crate::hybrid::MAX_LINE => {
+                return Err(hs("answer line too long".into()))
+            }
             Ok(_) => line.push(b[0]),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(hs(format!("waiting for OK: {e}"))),
         }
     }
-    if !line.starts_with(b"OK ") {
-        return Err(hs(format!(
-            "answer {:?} is not `OK <port>`",
-            String::from_utf8_lossy(&line)
-        )));
-    }
+    crate::hybrid::parse_ok_line(&line).map_err(|e| hs(e.to_string()))?;
     s.set_read_timeout(None).map_err(|e| hs(e.to_string()))?;
     Ok(())
 }

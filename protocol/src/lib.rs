@@ -1,12 +1,15 @@
 //! capsule's guest-agent API: the protobuf schema (`proto/capsule/agent/v1/agent.proto`), ttrpc
 //! framing, error codes carrying the guest errno, the stream and upcall headers, and a blocking
-//! client for the host.
+//! client for the host. It is the one home of the wire knowledge host and guest share: the
+//! hybrid-vsock handshake ([`hybrid`]), container flags, the name rule and the default PATH
+//! ([`container`]), limits and checks ([`validate`]).
 //!
 //! Ports (guest side, virtio-vsock): [`AGENT_PORT`] serves RPC, [`STREAM_PORT`] takes exec stdio
 //! and connect-mode socket bridges; the guest calls the host on [`UPCALL_PORT`] for request-key
 //! upcalls. `docs/api.md` describes every call.
 
 pub mod client;
+pub mod container;
 pub mod frame;
 pub mod methods;
 pub mod rpc;
@@ -21,7 +24,11 @@ pub mod pb {
     include!(concat!(env!("OUT_DIR"), "/capsule.agent.v1.rs"));
 }
 
+/// The hybrid-vsock handshake (both sides) and the `<uds>_<port>` rule.
+pub use capsule_hybrid_vsock as hybrid;
+
 pub use client::{Client, ClientError, Connector, HybridVsock};
+pub use container::DEFAULT_PATH;
 pub use methods::Method;
 pub use status::{Code, RpcError};
 pub use stream::{StreamHeader, StreamKind};

@@ -3,8 +3,7 @@
 
 use crate::status::RpcError;
 
-/// Longest container name.
-pub const MAX_NAME_LEN: usize = 63;
+pub use crate::container::MAX_NAME_LEN;
 /// Longest path accepted anywhere in the API.
 pub const MAX_PATH_LEN: usize = 4096;
 /// Most argv entries of an exec.
@@ -22,33 +21,15 @@ pub const MAX_KEY_DESC_LEN: usize = 4095;
 /// Largest key payload (the kernel's limit for add_key(2) payloads is 1 MiB).
 pub const MAX_KEY_PAYLOAD: usize = 1024 * 1024 - 1;
 
-/// A container name: 1-63 bytes (the kernel's CONTAINER_NAME_MAX) of `[A-Za-z0-9_.-]`, not starting with `.`.
+/// A container name, by the rule of [`crate::container::name_problem`].
 pub fn container_name(field: &str, name: &str) -> Result<(), RpcError> {
-    if name.is_empty() {
-        return Err(RpcError::invalid(field, "empty container name"));
-    }
-    if name.len() > MAX_NAME_LEN {
-        return Err(RpcError::invalid(
+    match crate::container::name_problem(name) {
+        None => Ok(()),
+        Some(reason) => Err(RpcError::invalid(
             field,
-            format!("container name longer than {MAX_NAME_LEN} bytes"),
-        ));
+            format!("invalid container name {name:?}: {reason}"),
+        )),
     }
-    if name.starts_with('.') {
-        return Err(RpcError::invalid(
-            field,
-            format!("container name {name:?} starts with '.'"),
-        ));
-    }
-    if let Some(c) = name
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')))
-    {
-        return Err(RpcError::invalid(
-            field,
-            format!("container name {name:?} contains {c:?} (allowed: A-Z a-z 0-9 _ . -)"),
-        ));
-    }
-    Ok(())
 }
 
 /// A string without NUL bytes and at most `max` bytes long.
@@ -109,7 +90,7 @@ mod tests {
     #[test]
     fn names() {
         assert!(container_name("name", "web-1.a_b").is_ok());
-        for bad in ["", ".hidden", "a/b", "a b", "ü", &"x".repeat(64)] {
+        for bad in ["", ".hidden", "-x", "a/b", "a b", "ü", &"x".repeat(64)] {
             let e = container_name("name", bad).unwrap_err();
             assert_eq!(e.field, "name", "{bad:?}");
         }

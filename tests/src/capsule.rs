@@ -4,7 +4,7 @@
 //! `env!("CARGO_BIN_EXE_capsule")` exists only for the VMM crate's own tests, so this crate finds
 //! the binary itself ([`capsule_binary`]), once per test process:
 //! 1. `$CAPSULE_BIN`, when set, is used as is (for prebuilt or installed binaries).
-//! 2. Otherwise it runs `cargo build -p capsule-vmm --bin capsule` with the profile and target
+//! 2. Otherwise it runs `cargo build -p capsule-cli --bin capsule` with the profile and target
 //!    directory the running test executable was built with (derived from its path,
 //!    `<target-dir>/[<triple>/]<profile-dir>/deps/<test>`), and uses
 //!    `<target-dir>/[<triple>/]<profile-dir>/capsule`. The build is a no-op when the binary is
@@ -78,7 +78,7 @@ fn locate_capsule() -> Result<PathBuf, String> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(&cargo);
     cmd.current_dir(workspace)
-        .args(["build", "--quiet", "-p", "capsule-vmm", "--bin", "capsule"])
+        .args(["build", "--quiet", "-p", "capsule-cli", "--bin", "capsule"])
         .arg("--profile")
         .arg(profile)
         .arg("--target-dir")

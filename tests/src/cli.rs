@@ -14,7 +14,7 @@ use crate::tier::Backend;
 /// Longest a single command may take (a create boots a VM under QEMU's software CPU).
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(300);
 
-pub use vmm::paths::guest_dir;
+pub use capsule_host::paths::guest_dir;
 
 /// The result of one command.
 #[derive(Debug)]

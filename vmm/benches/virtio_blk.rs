@@ -12,12 +12,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use capsule_vmm::devices::virtio::block::{Block, BlockConfig};
+use capsule_vmm::devices::virtio::{ActivateContext, IrqTrigger, VirtioDevice};
+use capsule_vmm::memory::GuestMemoryMmap;
 use virtio_queue::desc::{split::Descriptor, RawDescriptor};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress};
-use vmm::devices::virtio::block::{Block, BlockConfig};
-use vmm::devices::virtio::{ActivateContext, IrqTrigger, VirtioDevice};
-use vmm::memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
 const QUEUE: u16 = 256;

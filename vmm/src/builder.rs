@@ -30,7 +30,7 @@ use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::vsock::Vsock;
 use crate::devices::virtio::{IrqTrigger, VirtioDevice};
 use crate::exit::ExitReason;
-use crate::host::GuestProfile;
+use crate::kvm_flavor::GuestProfile;
 use crate::loader::{self, KernelEntry, KernelFormat, LoaderError};
 use crate::memory::{self, GuestMemoryMmap, MemoryError};
 use crate::vstate::vcpu::{ExitState, Vcpu, VcpuError};
@@ -55,7 +55,7 @@ pub struct VmConfig {
     /// Attach a virtio-rng device.
     pub rng: bool,
     /// Attach a virtio-vsock device with this guest CID and hybrid Unix socket.
-    pub vsock: Option<vsock::VsockConfig>,
+    pub vsock: Option<capsule_vsock::VsockConfig>,
     /// virtio-blk devices, in the order the guest sees them (vda, vdb, ...).
     pub disks: Vec<BlockConfig>,
     pub profile: GuestProfile,
@@ -99,7 +99,7 @@ pub enum BuildError {
     #[error("cannot set up the event loop")]
     EventManager(#[source] event_manager::Error),
     #[error("cannot create the vsock device")]
-    Vsock(#[source] vsock::muxer::MuxerError),
+    Vsock(#[source] capsule_vsock::muxer::MuxerError),
     #[error("cannot attach a virtio-blk disk")]
     Disk(#[source] BlockError),
 }

@@ -1,18 +1,13 @@
-//! capsule's virtual machine monitor: boots a Linux guest in a KVM microVM.
+//! capsule's hypervisor: boots a Linux guest in a KVM microVM. It knows nothing of the host's
+//! state directories, supervisors or front ends (those are `capsule-host` and `capsule-cli`).
 //!
 //! See `ARCHITECTURE.md` at the repository root for a map of the modules.
 
 pub mod arch;
 pub mod builder;
-pub mod console;
 pub mod devices;
 pub mod exit;
-pub mod host;
+pub mod kvm_flavor;
 pub mod loader;
-pub mod machine;
 pub mod memory;
-pub mod paths;
-pub mod state;
-pub mod supervisor;
-pub mod upcall;
 pub mod vstate;

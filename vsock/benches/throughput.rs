@@ -26,9 +26,9 @@ use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::time::Instant;
 
-use vsock::mock::{MockDriver, Q};
-use vsock::proto::{op, Header, HDR_LEN, HOST_CID, TYPE_STREAM};
-use vsock::{VsockConfig, VsockCore};
+use capsule_vsock::mock::{MockDriver, Q};
+use capsule_vsock::proto::{op, Header, HDR_LEN, HOST_CID, TYPE_STREAM};
+use capsule_vsock::{VsockConfig, VsockCore};
 
 const GUEST_CID: u64 = 3;
 const QUEUE: u16 = 256;

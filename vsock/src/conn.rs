@@ -391,7 +391,7 @@ impl Conn {
         match op {
             op::RESPONSE if self.state == State::LocalInit => {
                 self.state = State::Established;
-                let line = format!("OK {}\n", self.local_port);
+                let line = crate::host::ok_line(self.local_port);
                 match send_bytes(&self.stream, line.as_bytes()) {
                     Ok(n) if n == line.len() => Verdict::Keep,
                     _ => Verdict::Reset(ConnError::HostIo),

@@ -1,5 +1,6 @@
-//! Host-side Unix socket helpers of the hybrid backend: the `CONNECT <port>` handshake line,
-//! a connect that never blocks, and sends that never raise SIGPIPE.
+//! Host-side Unix socket helpers of the hybrid backend: a connect that never blocks and sends
+//! that never raise SIGPIPE. The handshake itself (`CONNECT <port>` / `OK <port>`, `<uds>_<port>`)
+//! is `capsule-hybrid-vsock`'s, re-exported here for the device core.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -10,54 +11,17 @@ use std::path::Path;
 use vm_memory::bitmap::BitmapSlice;
 use vm_memory::VolatileSlice;
 
-/// Longest handshake line accepted from a host client, newline included.
-pub const MAX_CONNECT_LINE: usize = 32;
+/// The hybrid-vsock handshake and the `<uds>_<port>` rule, from their one home.
+pub use capsule_hybrid_vsock::{
+    forward_path, ok_line, parse_connect_line, MAX_LINE as MAX_CONNECT_LINE,
+};
 
-/// Why a host client's handshake line was refused.
+/// Why a host socket could not be reached.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum HostError {
-    /// The line does not start with the CONNECT keyword.
-    #[error("handshake line is not `CONNECT <port>`")]
-    NotConnect,
-    /// The port is not a decimal u32.
-    #[error("bad port in handshake line")]
-    BadPort,
-    /// No newline within [`MAX_CONNECT_LINE`] bytes.
-    #[error("handshake line longer than {MAX_CONNECT_LINE} bytes")]
-    TooLong,
     /// The path does not fit a `sockaddr_un`.
     #[error("socket path too long for a Unix socket address")]
     PathTooLong,
-}
-
-/// Parses `CONNECT <port>` (keyword case-insensitive, one or more spaces, optional `\r`) from a
-/// line without its newline.
-pub fn parse_connect_line(line: &[u8]) -> Result<u32, HostError> {
-    let line = line.strip_suffix(b"\r").unwrap_or(line);
-    let (keyword, rest) = line.split_at(line.len().min(7));
-    if !keyword.eq_ignore_ascii_case(b"CONNECT") {
-        return Err(HostError::NotConnect);
-    }
-    let port = match rest.iter().position(|&b| b != b' ') {
-        Some(start) if start > 0 => &rest[start..],
-        None if !rest.is_empty() => &[],
-        _ => return Err(HostError::NotConnect),
-    };
-    if port.is_empty() || port.len() > 10 || !port.iter().all(u8::is_ascii_digit) {
-        return Err(HostError::BadPort);
-    }
-    let mut value: u64 = 0;
-    for &d in port {
-        value = value * 10 + u64::from(d - b'0');
-    }
-    u32::try_from(value).map_err(|_| HostError::BadPort)
-}
-
-/// The path of the host listener for guest-initiated connections to `port`: `<uds>_<port>`.
-pub fn forward_path(uds: &Path, port: u32) -> std::path::PathBuf {
-    let mut s = uds.as_os_str().to_owned();
-    s.push(format!("_{port}"));
-    s.into()
 }
 
 /// Connects a non-blocking stream socket to `path` without ever waiting: a listener whose
@@ -146,33 +110,6 @@ pub fn send_volatile<B: BitmapSlice>(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn connect_lines() {
-        assert_eq!(parse_connect_line(b"CONNECT 1234"), Ok(1234));
-        assert_eq!(parse_connect_line(b"connect 52\r"), Ok(52));
-        assert_eq!(parse_connect_line(b"Connect   7"), Ok(7));
-        assert_eq!(parse_connect_line(b"CONNECT 4294967295"), Ok(u32::MAX));
-        assert_eq!(
-            parse_connect_line(b"CONNECT 4294967296"),
-            Err(HostError::BadPort)
-        );
-        assert_eq!(parse_connect_line(b"CONNECT"), Err(HostError::NotConnect));
-        assert_eq!(parse_connect_line(b"CONNECT1"), Err(HostError::NotConnect));
-        assert_eq!(parse_connect_line(b"CONNECT "), Err(HostError::BadPort));
-        assert_eq!(parse_connect_line(b"CONNECT -1"), Err(HostError::BadPort));
-        assert_eq!(parse_connect_line(b"CONNECT 1 2"), Err(HostError::BadPort));
-        assert_eq!(parse_connect_line(b"HELLO 1"), Err(HostError::NotConnect));
-        assert_eq!(parse_connect_line(b""), Err(HostError::NotConnect));
-    }
-
-    #[test]
-    fn forward_path_appends_port() {
-        assert_eq!(
-            forward_path(Path::new("/run/v.sock"), 52),
-            Path::new("/run/v.sock_52")
-        );
-    }
 
     #[test]
     fn nonblocking_connect_reports_missing_listener() {

@@ -1,6 +1,6 @@
 //! capsule's virtio-vsock device core.
 //!
-//! The same code serves the in-VMM virtio-mmio device (`vmm::devices::virtio::vsock`) and the
+//! The same code serves the in-VMM virtio-mmio device (`capsule_vmm::devices::virtio::vsock`) and the
 //! vhost-user-vsock backend ([`vhost_user`]): [`muxer::VsockCore`] takes packets from the tx
 //! queue, keeps one [`conn::Conn`] per stream connection with credit-based flow control, and
 //! serves the host side through a Firecracker-compatible hybrid Unix socket ([`host`]).

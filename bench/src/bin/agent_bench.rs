@@ -8,11 +8,11 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use capsule_protocol::methods::Exec;
+use capsule_protocol::{pb, Client, HybridVsock};
 use capsule_tests::cli::CapsuleCli;
 use capsule_tests::tier::{unavailable_reason, Tier};
 use clap::Parser;
-use protocol::methods::Exec;
-use protocol::{pb, Client, HybridVsock};
 
 #[derive(Parser)]
 #[command(about = "RPC, exec and create-to-first-exec latency of capsule, per backend")]

@@ -102,7 +102,7 @@ fn main() -> Result<()> {
     };
     if !capsule.is_file() {
         bail!(
-            "capsule binary {} not found: build it with `cargo build --release -p capsule-vmm`",
+            "capsule binary {} not found: build it with `cargo build --release -p capsule-cli`",
             capsule.display()
         );
     }

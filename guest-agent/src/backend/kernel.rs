@@ -141,7 +141,7 @@ impl Backend for KernelBackend {
         .map_err(|e| err(e, "container_keyring"))? as i32;
         sys::add_key(
             c"user",
-            crate::keys::NAME_KEY,
+            crate::keyring::NAME_KEY,
             spec.name.as_bytes(),
             keyring,
         )

@@ -276,8 +276,13 @@ fn make_keyring(name: &CString, container: &str) -> Result<i32> {
         0,
     )
     .map_err(|e| err(e, "setting the container keyring's permissions"))?;
-    sys::add_key(c"user", crate::keys::NAME_KEY, container.as_bytes(), ring)
-        .map_err(|e| err(e, "adding the container name key"))?;
+    sys::add_key(
+        c"user",
+        crate::keyring::NAME_KEY,
+        container.as_bytes(),
+        ring,
+    )
+    .map_err(|e| err(e, "adding the container name key"))?;
     Ok(ring)
 }
 
@@ -514,7 +519,7 @@ impl Container for MainlineContainer {
         }
         if self.keyring > 0 {
             let _ = sys::keyctl(
-                crate::keys::KEYCTL_INVALIDATE,
+                crate::keyring::KEYCTL_INVALIDATE,
                 self.keyring as libc::c_ulong,
                 0,
                 0,

@@ -20,20 +20,8 @@ use tokio::sync::oneshot;
 use crate::reaper::{ExitStatus, Reaper};
 use crate::sys::Errno;
 
-/// CONTAINER_* flags of the RFC (include/uapi/linux/container.h).
-pub mod flags {
-    pub const NEW_FS_NS: u32 = 0x001;
-    pub const NEW_EMPTY_FS_NS: u32 = 0x002;
-    pub const NEW_CGROUP_NS: u32 = 0x004;
-    pub const NEW_UTS_NS: u32 = 0x008;
-    pub const NEW_IPC_NS: u32 = 0x010;
-    pub const NEW_USER_NS: u32 = 0x020;
-    pub const NEW_PID_NS: u32 = 0x040;
-    pub const NEW_NET_NS: u32 = 0x080;
-    pub const KILL_ON_CLOSE: u32 = 0x100;
-    pub const FD_CLOEXEC: u32 = 0x200;
-    pub const MASK: u32 = 0x3ff;
-}
+/// CONTAINER_* flags of the RFC, from the wire format's one home.
+pub use capsule_protocol::container::flags;
 
 /// A backend error: the errno and what was being done.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

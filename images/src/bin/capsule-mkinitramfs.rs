@@ -3,8 +3,8 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
+use capsule_images::{Defaults, DeviceKind, Initramfs};
 use clap::Parser;
-use images::{Defaults, DeviceKind, Initramfs};
 
 /// Builds a deterministic initramfs (uncompressed newc cpio, the format the Linux kernel unpacks
 /// as its rootfs).

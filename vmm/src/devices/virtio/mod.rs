@@ -145,7 +145,7 @@ pub trait VirtioDevice: Send {
 
 /// Bounded config-space reads, shared with the vsock device core (which the vhost-user backend
 /// uses without this crate).
-pub use ::vsock::read_config_bytes;
+pub use capsule_vsock::read_config_bytes;
 
 #[cfg(test)]
 mod tests {

@@ -5,13 +5,13 @@
 use std::io;
 use std::sync::Arc;
 
+use capsule_vsock::muxer::{write_transport_reset, MuxerError};
+use capsule_vsock::{Counters, VsockConfig, VsockCore};
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use log::warn;
 use virtio_queue::Queue;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
-use vsock::muxer::{write_transport_reset, MuxerError};
-use vsock::{Counters, VsockConfig, VsockCore};
 
 use super::{
     device_type, read_config_bytes, ActivateContext, ActivateError, IrqKind, IrqTrigger,
@@ -230,11 +230,11 @@ impl MutEventSubscriber for Vsock {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use capsule_vsock::mock::{MockDriver, Q};
+    use capsule_vsock::proto::{op, Header, HDR_LEN, HOST_CID, TYPE_STREAM};
     use std::io::{Read, Write};
     use std::os::unix::net::UnixStream;
     use virtio_queue::QueueT;
-    use vsock::mock::{MockDriver, Q};
-    use vsock::proto::{op, Header, HDR_LEN, HOST_CID, TYPE_STREAM};
 
     fn temp_path(tag: &str) -> std::path::PathBuf {
         let p =

@@ -1,0 +1,148 @@
+//! `capsule create`: boot a microVM and create a container object in it.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use capsule_host::vm::{self, CreateRequest};
+use clap::Args;
+
+use super::common::{self, DEFAULT_FLAGS};
+use super::MachineArg;
+
+#[derive(Args, Debug)]
+#[command(
+    after_help = "Examples:\n  capsule create demo\n  capsule create web --rootfs root.ext4 \
+    --volume data.ext4:/data --memory 512\n  capsule create db --key user:db-password=./secret \
+    --upcall dns_resolver=/usr/local/bin/my-resolver"
+)]
+pub struct CreateArgs {
+    /// Name of the VM and of its container (1-63 of [A-Za-z0-9_.-]).
+    name: String,
+
+    /// Guest kernel (default: the one scripts/build-guest.sh built).
+    #[arg(long, value_name = "PATH")]
+    kernel: Option<PathBuf>,
+
+    /// Guest initramfs holding the agent as /init (default: the one scripts/build-guest.sh built).
+    #[arg(long, value_name = "PATH")]
+    initrd: Option<PathBuf>,
+
+    /// Root filesystem image (ext4 or erofs) for the container; without it the container's root
+    /// is the initramfs.
+    #[arg(long, value_name = "IMAGE")]
+    rootfs: Option<PathBuf>,
+
+    /// Mount the --rootfs image read-write (default: read-only).
+    #[arg(long, requires = "rootfs")]
+    rootfs_rw: bool,
+
+    /// Another image mounted in the container: IMAGE:/path[:ro]. Repeatable.
+    #[arg(long = "volume", value_name = "IMAGE:/PATH[:ro]")]
+    volumes: Vec<String>,
+
+    /// container_create() flags: comma-separated names (fs, empty-fs, cgroup, uts, ipc, user,
+    /// pid, net, kill-on-close, cloexec) or a number.
+    #[arg(long, default_value = DEFAULT_FLAGS)]
+    flags: String,
+
+    /// Number of vCPUs.
+    #[arg(long, default_value_t = 1)]
+    cpus: u32,
+
+    /// Guest memory in MiB.
+    #[arg(long, value_name = "MiB", default_value_t = 256)]
+    memory: u64,
+
+    /// Which machine runs the VM; auto uses capsule's KVM VMM on hardware virtualization and
+    /// QEMU's software CPU elsewhere.
+    #[arg(long, value_enum, default_value_t = MachineArg::Auto)]
+    backend: MachineArg,
+
+    /// Host program answering a key type's upcalls: TYPE=PROGRAM, or TYPE=none. dns_resolver
+    /// defaults to capsule's own resolver helper (`capsule helper dns-resolver`).
+    #[arg(long = "upcall", value_name = "TYPE=PROG")]
+    upcalls: Vec<String>,
+
+    /// Seconds an upcall helper may run before its key is negated.
+    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    upcall_timeout: u64,
+
+    /// Add a key to the container's keyring before anything runs in it: TYPE:DESC=FILE.
+    #[arg(long = "key", value_name = "TYPE:DESC=FILE")]
+    keys: Vec<String>,
+
+    /// Extra guest kernel parameters.
+    #[arg(long, value_name = "STR")]
+    cmdline: Option<String>,
+
+    /// Seconds to wait for the guest agent.
+    #[arg(long, value_name = "SECS", default_value_t = 180)]
+    timeout: u64,
+}
+
+/// Turns the arguments into a request; the library checks it before booting anything.
+fn request(args: CreateArgs) -> Result<CreateRequest> {
+    let flags = common::parse_flags(&args.flags)?;
+    let keys = args
+        .keys
+        .iter()
+        .map(|k| common::parse_key(k))
+        .collect::<Result<Vec<_>>>()?;
+    let volumes = args
+        .volumes
+        .iter()
+        .map(|v| common::parse_volume(v))
+        .collect::<Result<Vec<_>>>()?;
+    let mut upcalls = BTreeMap::new();
+    for spec in &args.upcalls {
+        let Some((key_type, prog)) = spec.split_once('=') else {
+            bail!("invalid --upcall {spec:?}: expected TYPE=PROGRAM");
+        };
+        if key_type.is_empty() {
+            bail!("invalid --upcall {spec:?}: empty key type");
+        }
+        let helper = (prog != "none").then(|| PathBuf::from(prog));
+        upcalls.insert(key_type.to_string(), helper);
+    }
+    Ok(CreateRequest {
+        name: args.name,
+        kernel: args.kernel,
+        initrd: args.initrd,
+        rootfs: args.rootfs,
+        rootfs_writable: args.rootfs_rw,
+        volumes,
+        flags,
+        keys,
+        cpus: args.cpus,
+        memory_mib: args.memory,
+        machine: args.backend.into(),
+        upcalls,
+        upcall_timeout: Duration::from_secs(args.upcall_timeout),
+        cmdline: args.cmdline.unwrap_or_default(),
+        boot_timeout: Duration::from_secs(args.timeout),
+        agent_timeout: common::agent_timeout(),
+        program: std::env::current_exe().context("cannot find the capsule binary")?,
+    })
+}
+
+pub fn run(args: CreateArgs) -> ExitCode {
+    match create(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => super::fail(&e),
+    }
+}
+
+fn create(args: CreateArgs) -> Result<()> {
+    let name = args.name.clone();
+    let prepared = vm::prepare(request(args)?)?;
+    let (machine, why) = prepared.machine();
+    eprintln!("capsule: backend {machine}: {why}");
+    let vm = prepared.start(|elapsed| {
+        eprintln!("capsule: still booting {name} ({} s)", elapsed.as_secs());
+    })?;
+    println!("{}", vm.name());
+    Ok(())
+}

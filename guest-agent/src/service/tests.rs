@@ -1,0 +1,332 @@
+//! The service against a test-double backend: validation before the backend, tables, errors.
+
+use std::ffi::CString;
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use capsule_protocol::methods::{self as m, Method};
+use capsule_protocol::{pb, Code, RpcError};
+use prost::Message;
+
+use super::Agent;
+use crate::backend::{
+    Backend, BackendError, Container, ContainerRow, CreateSpec, Forked, MountSpec,
+};
+use crate::lock::lock;
+use crate::reaper::{ExitStatus, Reaper};
+use crate::transport::Transport;
+
+/// A backend that records what it is asked and forks nothing.
+#[derive(Default)]
+struct FakeBackend {
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+struct FakeContainer {
+    log: Arc<Mutex<Vec<String>>>,
+    frozen: AtomicBool,
+}
+
+impl Backend for FakeBackend {
+    fn name(&self) -> &'static str {
+        "fake"
+    }
+    fn create(&self, spec: &CreateSpec, _: &Reaper) -> crate::backend::Result<Box<dyn Container>> {
+        lock(&self.log).push(format!(
+            "create {} {:#x} {:?}",
+            spec.name, spec.flags, spec.root
+        ));
+        Ok(Box::new(FakeContainer {
+            log: self.log.clone(),
+            frozen: AtomicBool::new(false),
+        }))
+    }
+    fn list(&self) -> Option<crate::backend::Result<Vec<ContainerRow>>> {
+        None
+    }
+}
+
+impl Container for FakeContainer {
+    fn id(&self) -> u64 {
+        7
+    }
+    fn init_pid(&self) -> libc::pid_t {
+        42
+    }
+    fn take_init_exit(&mut self) -> Option<tokio::sync::oneshot::Receiver<ExitStatus>> {
+        None
+    }
+    fn fork_into(&self, _: &Reaper, _: &mut dyn FnMut() -> i32) -> crate::backend::Result<Forked> {
+        Err(BackendError::new(libc::EPERM, "fake cannot fork").field("container"))
+    }
+    fn session_keyring_name(&self) -> Option<&CString> {
+        None
+    }
+    fn mount(&self, spec: &MountSpec, _: &Reaper) -> crate::backend::Result<()> {
+        lock(&self.log).push(format!(
+            "mount {} {} {}",
+            spec.fstype, spec.source, spec.target
+        ));
+        Ok(())
+    }
+    fn socket(&self, _: i32, _: i32) -> crate::backend::Result<OwnedFd> {
+        Err(BackendError::new(
+            libc::EAFNOSUPPORT,
+            "no sockets in the fake",
+        ))
+    }
+    fn kill(&self, signal: i32) -> crate::backend::Result<()> {
+        lock(&self.log).push(format!("kill {signal}"));
+        Ok(())
+    }
+    fn freeze(&self) -> crate::backend::Result<()> {
+        self.frozen.store(true, Ordering::Release);
+        Ok(())
+    }
+    fn thaw(&self) -> crate::backend::Result<()> {
+        self.frozen.store(false, Ordering::Release);
+        Ok(())
+    }
+    fn is_frozen(&self) -> bool {
+        self.frozen.load(Ordering::Acquire)
+    }
+    fn keyring(&self) -> crate::backend::Result<i32> {
+        Err(BackendError::new(libc::ENOKEY, "no keyring in the fake"))
+    }
+    fn procs(&self) -> Vec<libc::pid_t> {
+        vec![42]
+    }
+    fn cleanup(&self) {}
+}
+
+fn agent() -> (Arc<Agent>, Arc<Mutex<Vec<String>>>) {
+    let b = FakeBackend::default();
+    let log = b.log.clone();
+    (
+        Agent::new(
+            Box::new(b),
+            Arc::new(Reaper::new()),
+            Transport::Unix("/nonexistent".into()),
+        ),
+        log,
+    )
+}
+
+async fn call<M: Method>(a: &Arc<Agent>, req: M::Request) -> Result<M::Response, RpcError> {
+    let out = a.handle(M::SERVICE, M::NAME, &req.encode_to_vec()).await?;
+    Ok(M::Response::decode(&out[..]).unwrap())
+}
+
+fn create(name: &str, flags: u32) -> pb::CreateContainerRequest {
+    pb::CreateContainerRequest {
+        name: name.into(),
+        flags,
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn create_validates_and_refuses_duplicates() {
+    let (a, log) = agent();
+    let r = call::<m::CreateContainer>(&a, create("web", 0x49))
+        .await
+        .unwrap();
+    assert_eq!((r.id, r.init_pid), (7, 42));
+    assert_eq!(lock(&log)[0], "create web 0x49 Shared");
+    let e = call::<m::CreateContainer>(&a, create("web", 0))
+        .await
+        .unwrap_err();
+    assert_eq!((e.code, e.field.as_str()), (Code::AlreadyExists, "name"));
+    let e = call::<m::CreateContainer>(&a, create("bad/name", 0))
+        .await
+        .unwrap_err();
+    assert_eq!(e.field, "name");
+    let e = call::<m::CreateContainer>(&a, create("f", 0x800))
+        .await
+        .unwrap_err();
+    assert_eq!(e.field, "flags");
+    let e = call::<m::CreateContainer>(&a, create("f", 0x3))
+        .await
+        .unwrap_err();
+    assert_eq!(e.field, "flags");
+    let mut block = create("b", 0);
+    block.root = pb::RootKind::RootBlock as i32;
+    block.root_source = "/dev/vdb".into();
+    block.root_fstype = "ext4".into();
+    assert_eq!(
+        call::<m::CreateContainer>(&a, block.clone())
+            .await
+            .unwrap_err()
+            .field,
+        "flags"
+    );
+    block.flags = 0x1;
+    call::<m::CreateContainer>(&a, block).await.unwrap();
+    let mut none = create("n", 0);
+    none.root = pb::RootKind::RootNone as i32;
+    call::<m::CreateContainer>(&a, none).await.unwrap();
+    assert!(
+        lock(&log).iter().any(|l| l == "create n 0x2 None"),
+        "{:?}",
+        lock(&log)
+    );
+    assert_eq!(
+        lock(&log).len(),
+        3,
+        "rejected requests must not reach the backend"
+    );
+}
+
+#[tokio::test]
+async fn list_has_current_first_and_the_table_after() {
+    let (a, _) = agent();
+    call::<m::CreateContainer>(&a, create("b", 0x40))
+        .await
+        .unwrap();
+    call::<m::FreezeContainer>(
+        &a,
+        pb::ContainerRef {
+            container: "b".into(),
+        },
+    )
+    .await
+    .unwrap();
+    let l = call::<m::ListContainers>(&a, pb::ListContainersRequest {})
+        .await
+        .unwrap();
+    assert_eq!(l.containers.len(), 2);
+    assert!(l.containers[0].current && l.containers[0].name == "<current>");
+    let b = &l.containers[1];
+    assert_eq!(
+        (b.name.as_str(), b.id, b.flags, b.state.as_str(), b.current),
+        ("b", 7, 0x40, "frozen", false)
+    );
+    call::<m::ThawContainer>(
+        &a,
+        pb::ContainerRef {
+            container: "b".into(),
+        },
+    )
+    .await
+    .unwrap();
+    let l = call::<m::ListContainers>(&a, pb::ListContainersRequest {})
+        .await
+        .unwrap();
+    assert_eq!(l.containers[1].state, "running");
+}
+
+#[tokio::test]
+async fn exec_mount_kill_validate_before_the_backend() {
+    let (a, log) = agent();
+    let exec = |c: &str, argv: &[&str]| pb::ExecRequest {
+        container: c.into(),
+        argv: argv.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    };
+    let e = call::<m::Exec>(&a, exec("nope", &["true"]))
+        .await
+        .unwrap_err();
+    assert_eq!((e.code, e.field.as_str()), (Code::NotFound, "container"));
+    call::<m::CreateContainer>(&a, create("c", 0x1))
+        .await
+        .unwrap();
+    assert_eq!(
+        call::<m::Exec>(&a, exec("c", &[])).await.unwrap_err().field,
+        "argv"
+    );
+    let mut bad_env = exec("c", &["true"]);
+    bad_env.env = vec!["NOEQUALS".into()];
+    assert_eq!(
+        call::<m::Exec>(&a, bad_env).await.unwrap_err().field,
+        "env[0]"
+    );
+    let mut bad_cwd = exec("c", &["true"]);
+    bad_cwd.cwd = "relative".into();
+    assert_eq!(call::<m::Exec>(&a, bad_cwd).await.unwrap_err().field, "cwd");
+    // A valid request reaches the backend, whose errno comes back with its field.
+    let e = call::<m::Exec>(&a, exec("c", &["true"])).await.unwrap_err();
+    assert_eq!((e.errno, e.field.as_str()), (libc::EPERM, "container"));
+
+    let e = call::<m::Mount>(
+        &a,
+        pb::MountRequest {
+            container: "c".into(),
+            fstype: "tmpfs".into(),
+            target: "rel".into(),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.field, "target");
+    call::<m::Mount>(
+        &a,
+        pb::MountRequest {
+            container: "c".into(),
+            fstype: "tmpfs".into(),
+            source: "none".into(),
+            target: "/mnt".into(),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert!(lock(&log).iter().any(|l| l == "mount tmpfs none /mnt"));
+
+    assert_eq!(
+        call::<m::KillContainer>(
+            &a,
+            pb::KillContainerRequest {
+                container: "c".into(),
+                signal: 65
+            }
+        )
+        .await
+        .unwrap_err()
+        .field,
+        "signal"
+    );
+    call::<m::KillContainer>(
+        &a,
+        pb::KillContainerRequest {
+            container: "c".into(),
+            signal: 0,
+        },
+    )
+    .await
+    .unwrap();
+    assert!(lock(&log)
+        .iter()
+        .any(|l| l == &format!("kill {}", libc::SIGKILL)));
+
+    let e = call::<m::ConnectSocket>(
+        &a,
+        pb::ConnectSocketRequest {
+            container: "c".into(),
+            family: 0,
+            address: "::1".into(),
+            port: 80,
+        },
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.field, "address");
+    let e = call::<m::ConnectSocket>(
+        &a,
+        pb::ConnectSocketRequest {
+            container: "c".into(),
+            family: 0,
+            address: "127.0.0.1".into(),
+            port: 70000,
+        },
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.field, "port");
+    let e = a
+        .handle("capsule.agent.v1.Agent", "Nope", &[])
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, Code::Unimplemented);
+}

@@ -1,0 +1,296 @@
+//! One supervisor process per microVM: runs the machine, serves upcalls, and keeps the VM's
+//! `status.json` true — starting, running once the agent answers, then stopped or dead with the
+//! reason. [`crate::vm::create`] starts it detached (`<program> __supervise DIR`, which calls
+//! [`run_process`]), so no central daemon exists.
+
+use std::path::Path;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use log::{info, warn};
+
+use capsule_vmm::exit::ExitReason;
+
+use crate::machine::{self, MachineConfig, MachineEnd, MachineError};
+use crate::spec::VmSpec;
+use crate::state::{process_start_time, Phase, StateDir, StateError, Status};
+use crate::upcall::{self, UpcallRoutes};
+
+/// Errors that keep the supervisor from running the VM at all.
+#[derive(Debug, thiserror::Error)]
+pub enum SupervisorError {
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Upcalls(#[from] upcall::UpcallRouterError),
+    #[error("cannot start the machine thread")]
+    Thread(#[source] std::io::Error),
+    #[error("invalid state directory {0}")]
+    InvalidDir(std::path::PathBuf),
+}
+
+/// The hidden subcommand a front end's program must answer with [`run_process`]:
+/// `<program> __supervise DIR`.
+pub const SUPERVISE_COMMAND: &str = "__supervise";
+
+/// Name of the marker file `capsule stop` leaves, so an ending requested by the user is
+/// recorded as stopped rather than as an unexpected end.
+pub const STOP_REQUESTED: &str = "stop-requested";
+
+/// How often the agent is probed until it answers.
+const HEALTH_POLL: Duration = Duration::from_millis(200);
+
+/// Runs the VM of `state` to its end, keeping its status current. Returns the final phase.
+pub fn supervise(state: &StateDir) -> Result<Phase, SupervisorError> {
+    let spec: VmSpec = state.read_json(&state.config_path())?;
+    let pid = std::process::id();
+    let mut status = Status {
+        phase: Phase::Starting,
+        reason: Some(format!("booting on {}", spec.machine)),
+        pid: Some(pid),
+        pid_start_time: process_start_time(pid),
+    };
+    state.write_status(&status)?;
+    info!(
+        "VM {}: backend {} ({})",
+        spec.name, spec.machine, spec.machine_reason
+    );
+
+    let vsock_uds = state.vsock_path();
+    let _ = std::fs::remove_file(&vsock_uds);
+    upcall::start(
+        &vsock_uds,
+        UpcallRoutes {
+            vm: spec.name.clone(),
+            helpers: spec.upcalls.clone(),
+            timeout: Duration::from_secs(spec.upcall_timeout_secs),
+        },
+    )?;
+
+    let config = MachineConfig {
+        kernel: spec.kernel.clone(),
+        initrd: spec.initrd.clone(),
+        cmdline_extra: spec.cmdline_extra.clone(),
+        vcpus: spec.cpus,
+        memory_mib: spec.memory_mib,
+        vsock_uds: vsock_uds.clone(),
+        guest_cid: spec.guest_cid,
+        disks: spec.disks.clone(),
+        console: state.console_path(),
+        run_dir: state.dir().to_path_buf(),
+    };
+    let (done_tx, done_rx) = mpsc::channel::<Result<MachineEnd, MachineError>>();
+    let kind = spec.machine;
+    std::thread::Builder::new()
+        .name("capsule-machine".into())
+        .spawn(move || {
+            let _ = done_tx.send(machine::run(kind, &config));
+        })
+        .map_err(SupervisorError::Thread)?;
+
+    let started = Instant::now();
+    let mut agent_ready = false;
+    let end = loop {
+        match done_rx.recv_timeout(HEALTH_POLL) {
+            Ok(end) => break end,
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                break Ok(MachineEnd {
+                    reason: ExitReason::VmmError(
+                        "the machine thread ended without a result".into(),
+                    ),
+                    panic: None,
+                })
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+        }
+        if !agent_ready && agent_answers(&vsock_uds) {
+            agent_ready = true;
+            status.phase = Phase::Running;
+            status.reason = Some(format!(
+                "agent answered {:.1} s after start",
+                started.elapsed().as_secs_f64()
+            ));
+            state.write_status(&status)?;
+            info!(
+                "VM {}: {}",
+                spec.name,
+                status.reason.as_deref().unwrap_or("")
+            );
+        }
+    };
+
+    let stop_requested = state.dir().join(STOP_REQUESTED).exists();
+    let (phase, reason) = final_phase(end, agent_ready, stop_requested);
+    status.phase = phase;
+    status.reason = Some(reason);
+    state.write_status(&status)?;
+    info!(
+        "VM {}: {} ({})",
+        spec.name,
+        phase.name(),
+        status.reason.as_deref().unwrap_or("")
+    );
+    for path in [
+        vsock_uds.clone(),
+        capsule_protocol::hybrid::forward_path(&vsock_uds, capsule_protocol::UPCALL_PORT),
+    ] {
+        let _ = std::fs::remove_file(path);
+    }
+    Ok(phase)
+}
+
+const HANDLED: [libc::c_int; 3] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP];
+
+fn signal_set() -> libc::sigset_t {
+    // SAFETY: sigemptyset/sigaddset initialise and fill the set we own.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for sig in HANDLED {
+            libc::sigaddset(&mut set, sig);
+        }
+        set
+    }
+}
+
+/// The supervisor process of the VM whose state directory is `dir`: runs the VM to its end
+/// ([`supervise`]) and records a termination signal as the VM's end. Returns the final phase.
+pub fn run_process(dir: &Path) -> Result<Phase, SupervisorError> {
+    let invalid = || SupervisorError::InvalidDir(dir.to_path_buf());
+    let name = dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(invalid)?;
+    let root = dir.parent().ok_or_else(invalid)?;
+    let state = StateDir::open(root, name)?;
+    // Termination signals are taken by one thread with sigwait(), so that every other thread
+    // (started below, inheriting the mask) keeps running until the status is recorded.
+    let set = signal_set();
+    // SAFETY: `set` is a valid signal set; blocking signals in this thread has no other effect.
+    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    let watched = state.clone();
+    std::thread::spawn(move || {
+        let mut sig: libc::c_int = 0;
+        // SAFETY: `set` and `sig` are valid for the call.
+        unsafe { libc::sigwait(&set, &mut sig) };
+        record_termination(&watched, sig);
+        // QEMU, if any, dies with us (PR_SET_PDEATHSIG); capsule's own VMM is this process.
+        std::process::exit(0);
+    });
+    supervise(&state)
+}
+
+fn record_termination(state: &StateDir, sig: libc::c_int) {
+    let Ok(mut status) = state.read_json::<Status>(&state.status_path()) else {
+        return;
+    };
+    if matches!(status.phase, Phase::Stopped | Phase::Dead) {
+        return;
+    }
+    if state.dir().join(STOP_REQUESTED).exists() {
+        status.phase = Phase::Stopped;
+        status.reason = Some("stopped by `capsule stop --force` (VMM terminated)".into());
+    } else {
+        status.phase = Phase::Dead;
+        status.reason = Some(format!("the VMM was terminated by signal {sig}"));
+    }
+    let _ = state.write_status(&status);
+}
+
+fn agent_answers(vsock_uds: &Path) -> bool {
+    if !vsock_uds.exists() {
+        return false;
+    }
+    let connector = capsule_protocol::HybridVsock::new(vsock_uds)
+        .with_handshake_timeout(Duration::from_secs(1));
+    match capsule_protocol::Client::connect(connector) {
+        Ok(client) => client.with_timeout(Duration::from_secs(2)).health().is_ok(),
+        Err(_) => false,
+    }
+}
+
+/// How the VM's end is recorded: stopped when it ended cleanly, dead (with why) otherwise.
+fn final_phase(
+    end: Result<MachineEnd, MachineError>,
+    agent_ready: bool,
+    stop_requested: bool,
+) -> (Phase, String) {
+    let end = match end {
+        Ok(end) => end,
+        Err(e) => {
+            warn!("the machine could not start: {e:#}");
+            return (
+                Phase::Dead,
+                format!("the machine could not start: {}", error_chain(&e)),
+            );
+        }
+    };
+    if let Some(panic) = end.panic {
+        return (Phase::Dead, format!("guest kernel panic: {panic}"));
+    }
+    let clean = matches!(end.reason, ExitReason::Reboot | ExitReason::PowerOff);
+    match (clean, stop_requested, agent_ready) {
+        (true, true, _) => (Phase::Stopped, "stopped by `capsule stop`".into()),
+        (true, false, true) => (Phase::Stopped, "the guest shut down".into()),
+        (true, false, false) => (
+            Phase::Dead,
+            "the guest ended before its agent answered (see `capsule logs`)".into(),
+        ),
+        (false, _, _) => (Phase::Dead, end.reason.to_string()),
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn end(reason: ExitReason, panic: Option<&str>) -> Result<MachineEnd, MachineError> {
+        Ok(MachineEnd {
+            reason,
+            panic: panic.map(String::from),
+        })
+    }
+
+    #[test]
+    fn ends_are_classified() {
+        assert_eq!(
+            final_phase(end(ExitReason::Reboot, None), true, true).0,
+            Phase::Stopped
+        );
+        assert_eq!(
+            final_phase(end(ExitReason::Reboot, None), true, false),
+            (Phase::Stopped, "the guest shut down".into())
+        );
+        let (phase, why) = final_phase(
+            end(ExitReason::Reboot, Some("Kernel panic - not syncing: boom")),
+            true,
+            false,
+        );
+        assert_eq!(phase, Phase::Dead);
+        assert_eq!(why, "guest kernel panic: Kernel panic - not syncing: boom");
+        let (phase, why) = final_phase(end(ExitReason::Reboot, None), false, false);
+        assert_eq!(phase, Phase::Dead);
+        assert!(why.contains("before its agent answered"));
+        let (phase, why) = final_phase(end(ExitReason::TripleFault { vcpu: 0 }, None), true, true);
+        assert_eq!(phase, Phase::Dead);
+        assert!(why.contains("triple fault"));
+        let (phase, why) = final_phase(
+            Err(MachineError::QemuMissing("qemu-system-x86_64")),
+            false,
+            false,
+        );
+        assert_eq!(phase, Phase::Dead);
+        assert!(why.contains("qemu-system-x86_64 not found"));
+    }
+}
