@@ -240,6 +240,10 @@ pub fn run_in_l1(
             }
         }
     };
+    if failure.is_some() {
+        // A stopped or runaway machine does not exit by itself.
+        let _ = machine.0.kill();
+    }
     let status = machine.0.wait().ok();
     let tail = Vec::from(tail).join("\n");
     if let Some(failure) = failure {
