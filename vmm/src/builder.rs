@@ -1,11 +1,12 @@
 //! Assembles a microVM from a [`VmConfig`] and runs it until it ends.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
+use kvm_bindings::CpuId;
 use log::{info, warn};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
@@ -107,6 +108,22 @@ pub enum BuildError {
 }
 
 type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
+
+/// Stack of the short-lived thread that creates the VM: a few ioctls, no deep calls.
+const VM_SETUP_STACK: usize = 64 << 10;
+
+/// Loads the kernel, then the initrd above it.
+fn load_guest(
+    mem: &GuestMemoryMmap,
+    kernel: &Path,
+    initrd: Option<&Path>,
+) -> Result<(loader::LoadedKernel, Option<InitrdPlacement>), LoaderError> {
+    let loaded = loader::load_kernel(mem, kernel)?;
+    let initrd = initrd
+        .map(|path| loader::load_initrd(mem, &loaded, path))
+        .transpose()?;
+    Ok((loaded, initrd))
+}
 
 /// A built microVM, ready to run.
 pub struct MicroVm {
@@ -244,15 +261,6 @@ impl MicroVm {
             return Err(MemoryError::Zero.into());
         }
         let mut clock = StartupClock::start();
-        let vm = Vm::new()?;
-        clock.step("vm");
-        if config.vcpus as usize > vm.max_vcpus() {
-            return Err(BuildError::TooManyVcpus {
-                requested: config.vcpus,
-                max: vm.max_vcpus(),
-                limit: "KVM allows on this host",
-            });
-        }
         let vcpu_count = u8::try_from(config.vcpus)
             .ok()
             .filter(|n| *n <= MAX_CPUS)
@@ -262,17 +270,47 @@ impl MicroVm {
                 limit: "an MP table can describe",
             })?;
         let mem = memory::create_guest_memory(config.memory_mib)?;
-        vm.register_memory(&mem)?;
         clock.step("memory");
 
-        let kernel = loader::load_kernel(&mem, &config.kernel)?;
-        clock.step("kernel");
-        let initrd: Option<InitrdPlacement> = config
-            .initrd
-            .as_deref()
-            .map(|path| loader::load_initrd(&mem, &kernel, path))
-            .transpose()?;
-        clock.step("initrd");
+        // Creating the VM mostly waits in the kernel (SRCU grace periods when the IRQ routing
+        // and the memory slots are set, KVM's worker threads starting) rather than computing:
+        // it runs on a second thread while this one fills guest memory with the kernel and
+        // initrd, which need only the mapping.
+        let create_vm = || -> Result<(Vm, CpuId), VmError> {
+            let vm = Vm::new()?;
+            vm.register_memory(&mem)?;
+            let supported = vm.supported_cpuid()?;
+            Ok((vm, supported))
+        };
+        let (created, loaded) = std::thread::scope(|scope| {
+            let vm_thread = std::thread::Builder::new()
+                .name("capsule-vm-setup".into())
+                .stack_size(VM_SETUP_STACK)
+                .spawn_scoped(scope, create_vm);
+            let loaded = load_guest(&mem, &config.kernel, config.initrd.as_deref());
+            let created = match vm_thread {
+                Ok(handle) => handle.join().map_err(|_| {
+                    BuildError::Resource(
+                        "the VM (its set-up thread panicked)",
+                        std::io::Error::other("panic"),
+                    )
+                }),
+                // No second thread: the same work, one after the other.
+                Err(_) => Ok(create_vm()),
+            };
+            (created, loaded)
+        });
+        // A host without usable KVM is the more fundamental problem: report it first.
+        let (vm, supported) = created??;
+        let (kernel, initrd) = loaded?;
+        clock.step("kernel+initrd, VM alongside");
+        if config.vcpus as usize > vm.max_vcpus() {
+            return Err(BuildError::TooManyVcpus {
+                requested: config.vcpus,
+                max: vm.max_vcpus(),
+                limit: "KVM allows on this host",
+            });
+        }
 
         let mut io_bus = Bus::new();
         let mut mmio_bus = Bus::new();
@@ -364,8 +402,6 @@ impl MicroVm {
         mptable::write_mptable(&mem, vcpu_count)?;
         clock.step("boot-info");
 
-        let supported = vm.supported_cpuid()?;
-        clock.step("cpuid");
         let tsc_deadline = vm.has_tsc_deadline_timer();
         let mut timer_features = String::new();
         let vcpus = (0..vcpu_count)
