@@ -130,8 +130,9 @@ fn boot(mut cmd: Command, marker: &str, timeout: Duration) -> Result<(Duration, 
     Ok((spawned, ms(first), ms(end), stderr))
 }
 
-/// capsule's "vCPU 0 enters the guest after <cpu> ms of VMM CPU time, at <stamp> s" line.
-fn capsule_first_run(stderr: &str) -> Option<(f64, Duration)> {
+/// capsule's "vCPU 0 enters the guest after <cpu> ms of VMM CPU time, at <stamp> s" line
+/// (older builds log no stamp).
+fn capsule_first_run(stderr: &str) -> Option<(f64, Option<Duration>)> {
     let line = stderr
         .lines()
         .find(|l| l.contains("enters the guest after"))?;
@@ -142,7 +143,11 @@ fn capsule_first_run(stderr: &str) -> Option<(f64, Duration)> {
         .next()?
         .parse()
         .ok()?;
-    let at = stamp(line.split(", at ").nth(1)?.split_whitespace().next()?)?;
+    let at = line
+        .split(", at ")
+        .nth(1)
+        .and_then(|t| t.split_whitespace().next())
+        .and_then(stamp);
     Some((cpu, at))
 }
 
@@ -254,8 +259,10 @@ fn main() -> Result<()> {
         c.marker.push(end);
         if let Some((cpu, at)) = capsule_first_run(&stderr) {
             c.cpu_to_run.push(cpu);
-            c.first_run
-                .push(at.saturating_sub(spawned).as_secs_f64() * 1e3);
+            if let Some(at) = at {
+                c.first_run
+                    .push(at.saturating_sub(spawned).as_secs_f64() * 1e3);
+            }
         }
         let (_, first_q, end_q, _) =
             boot(qemu(), &marker, timeout).with_context(|| format!("QEMU, round {}", round + 1))?;
