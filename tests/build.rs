@@ -51,6 +51,7 @@ const GUESTS: &[(&str, &str)] = &[
     ("exec_mmio", "exec_mmio.c"),
     ("idle", "idle.c"),
     ("vsock_echo", "vsock_echo.c"),
+    ("cpu_features", "cpu_features.c"),
 ];
 
 fn main() {

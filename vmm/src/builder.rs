@@ -1,18 +1,19 @@
 //! Assembles a microVM from a [`VmConfig`] and runs it until it ends.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
+use kvm_bindings::CpuId;
 use log::{info, warn};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
 use crate::arch::boot::{self, InitrdPlacement};
-use crate::arch::cpuid::vcpu_cpuid;
+use crate::arch::cpuid::{self, describe_timer_features, vcpu_cpuid, TimerCaps};
 use crate::arch::layout::{CMDLINE_ADDR, IRQ_MAX, VIRTIO_IRQ_BASE, VIRTIO_MMIO_BASE};
 use crate::arch::mptable::{self, MAX_CPUS};
 use crate::arch::regs::BootMode;
@@ -33,7 +34,7 @@ use crate::exit::ExitReason;
 use crate::kvm_flavor::GuestProfile;
 use crate::loader::{self, KernelEntry, KernelFormat, LoaderError};
 use crate::memory::{self, GuestMemoryMmap, MemoryError};
-use crate::vstate::vcpu::{ExitState, Vcpu, VcpuError};
+use crate::vstate::vcpu::{process_cpu_time, ExitState, Vcpu, VcpuError};
 use crate::vstate::vm::{Vm, VmError};
 
 /// Kernel parameters every capsule guest gets: console on the serial port, reboot through the
@@ -94,6 +95,8 @@ pub enum BuildError {
     OutOfIrqs,
     #[error(transparent)]
     Vcpu(#[from] VcpuError),
+    #[error("cannot build the vCPU's CPUID")]
+    Cpuid(#[from] cpuid::CpuidError),
     #[error("cannot create {0}")]
     Resource(&'static str, #[source] std::io::Error),
     #[error("cannot set up the event loop")]
@@ -105,6 +108,22 @@ pub enum BuildError {
 }
 
 type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
+
+/// Stack of the short-lived thread that creates the VM: a few ioctls, no deep calls.
+const VM_SETUP_STACK: usize = 64 << 10;
+
+/// Loads the kernel, then the initrd above it.
+fn load_guest(
+    mem: &GuestMemoryMmap,
+    kernel: &Path,
+    initrd: Option<&Path>,
+) -> Result<(loader::LoadedKernel, Option<InitrdPlacement>), LoaderError> {
+    let loaded = loader::load_kernel(mem, kernel)?;
+    let initrd = initrd
+        .map(|path| loader::load_initrd(mem, &loaded, path))
+        .transpose()?;
+    Ok((loaded, initrd))
+}
 
 /// A built microVM, ready to run.
 pub struct MicroVm {
@@ -189,6 +208,49 @@ fn eventfd(what: &'static str) -> Result<EventFd, BuildError> {
     EventFd::new(libc::EFD_NONBLOCK).map_err(|e| BuildError::Resource(what, e))
 }
 
+/// CPU and wall time of each set-up step before the first KVM_RUN, logged once the VM is
+/// built: the breakdown that says where a slow start went.
+struct StartupClock {
+    wall: Instant,
+    last_wall: Duration,
+    last_cpu: Duration,
+    steps: Vec<String>,
+}
+
+impl StartupClock {
+    fn start() -> Self {
+        let cpu = process_cpu_time().unwrap_or_default();
+        Self {
+            wall: Instant::now(),
+            last_wall: Duration::ZERO,
+            last_cpu: cpu,
+            // Everything the process did before building: exec, loading, argument parsing.
+            steps: vec![format!("before-build {:.2}", cpu.as_secs_f64() * 1e3)],
+        }
+    }
+
+    /// Ends step `name`: records the CPU and wall time since the previous step ended.
+    fn step(&mut self, name: &str) {
+        let wall = self.wall.elapsed();
+        let cpu = process_cpu_time().unwrap_or_default();
+        self.steps.push(format!(
+            "{name} {:.2}/{:.2}",
+            (cpu.saturating_sub(self.last_cpu)).as_secs_f64() * 1e3,
+            (wall - self.last_wall).as_secs_f64() * 1e3
+        ));
+        (self.last_wall, self.last_cpu) = (wall, cpu);
+    }
+
+    /// One line: every step as `name cpu/wall` in milliseconds.
+    fn summary(&self) -> String {
+        format!(
+            "set-up steps (CPU/wall ms): {}; built after {:.2} ms of CPU",
+            self.steps.join(", "),
+            self.last_cpu.as_secs_f64() * 1e3
+        )
+    }
+}
+
 impl MicroVm {
     /// Creates the VM, loads the guest and wires up devices, without running anything.
     pub fn build(config: VmConfig) -> Result<Self, BuildError> {
@@ -198,14 +260,7 @@ impl MicroVm {
         if config.memory_mib == 0 {
             return Err(MemoryError::Zero.into());
         }
-        let vm = Vm::new()?;
-        if config.vcpus as usize > vm.max_vcpus() {
-            return Err(BuildError::TooManyVcpus {
-                requested: config.vcpus,
-                max: vm.max_vcpus(),
-                limit: "KVM allows on this host",
-            });
-        }
+        let mut clock = StartupClock::start();
         let vcpu_count = u8::try_from(config.vcpus)
             .ok()
             .filter(|n| *n <= MAX_CPUS)
@@ -215,14 +270,47 @@ impl MicroVm {
                 limit: "an MP table can describe",
             })?;
         let mem = memory::create_guest_memory(config.memory_mib)?;
-        vm.register_memory(&mem)?;
+        clock.step("memory");
 
-        let kernel = loader::load_kernel(&mem, &config.kernel)?;
-        let initrd: Option<InitrdPlacement> = config
-            .initrd
-            .as_deref()
-            .map(|path| loader::load_initrd(&mem, &kernel, path))
-            .transpose()?;
+        // Creating the VM mostly waits in the kernel (SRCU grace periods when the IRQ routing
+        // and the memory slots are set, KVM's worker threads starting) rather than computing:
+        // it runs on a second thread while this one fills guest memory with the kernel and
+        // initrd, which need only the mapping.
+        let create_vm = || -> Result<(Vm, CpuId), VmError> {
+            let vm = Vm::new()?;
+            vm.register_memory(&mem)?;
+            let supported = vm.supported_cpuid()?;
+            Ok((vm, supported))
+        };
+        let (created, loaded) = std::thread::scope(|scope| {
+            let vm_thread = std::thread::Builder::new()
+                .name("capsule-vm-setup".into())
+                .stack_size(VM_SETUP_STACK)
+                .spawn_scoped(scope, create_vm);
+            let loaded = load_guest(&mem, &config.kernel, config.initrd.as_deref());
+            let created = match vm_thread {
+                Ok(handle) => handle.join().map_err(|_| {
+                    BuildError::Resource(
+                        "the VM (its set-up thread panicked)",
+                        std::io::Error::other("panic"),
+                    )
+                }),
+                // No second thread: the same work, one after the other.
+                Err(_) => Ok(create_vm()),
+            };
+            (created, loaded)
+        });
+        // A host without usable KVM is the more fundamental problem: report it first.
+        let (vm, supported) = created??;
+        let (kernel, initrd) = loaded?;
+        clock.step("kernel+initrd, VM alongside");
+        if config.vcpus as usize > vm.max_vcpus() {
+            return Err(BuildError::TooManyVcpus {
+                requested: config.vcpus,
+                max: vm.max_vcpus(),
+                limit: "KVM allows on this host",
+            });
+        }
 
         let mut io_bus = Bus::new();
         let mut mmio_bus = Bus::new();
@@ -279,6 +367,8 @@ impl MicroVm {
             )?;
         }
 
+        clock.step("devices");
+
         let cmdline = [
             DEFAULT_CMDLINE,
             config.profile.cmdline(),
@@ -310,15 +400,28 @@ impl MicroVm {
             }
         };
         mptable::write_mptable(&mem, vcpu_count)?;
+        clock.step("boot-info");
 
-        let supported = vm.supported_cpuid()?;
+        let tsc_deadline = vm.has_tsc_deadline_timer();
+        let mut timer_features = String::new();
         let vcpus = (0..vcpu_count)
             .map(|index| {
                 let vcpu = Vcpu::new(&vm, index)?;
-                vcpu.configure(&mem, mode, &vcpu_cpuid(&supported, index, vcpu_count))?;
+                let caps = TimerCaps {
+                    tsc_deadline,
+                    tsc_khz: vcpu.tsc_khz(),
+                };
+                let cpuid = vcpu_cpuid(&supported, index, vcpu_count, caps)?;
+                if index == 0 {
+                    timer_features = describe_timer_features(&cpuid);
+                }
+                vcpu.configure(&mem, mode, &cpuid)?;
                 Ok(vcpu)
             })
             .collect::<Result<Vec<_>, BuildError>>()?;
+        clock.step("vcpus");
+        info!("{}", clock.summary());
+        info!("guest timer features: {timer_features}");
 
         let summary = format!(
             "{} kernel via {}, {} vCPU(s), {} MiB, guest profile {}",

@@ -112,6 +112,11 @@ impl Vcpu {
         self.index
     }
 
+    /// The vCPU's TSC frequency in kHz, when KVM knows it.
+    pub fn tsc_khz(&self) -> Option<u32> {
+        self.fd.get_tsc_khz().ok().filter(|khz| *khz > 0)
+    }
+
     fn configure_err(&self, what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VcpuError {
         let index = self.index;
         move |source| VcpuError::Configure {
@@ -191,9 +196,16 @@ impl Vcpu {
     pub fn run(mut self, io_bus: &Bus, mmio_bus: &Bus, mem: &GuestMemoryMmap, exit: &ExitState) {
         if self.index == 0 {
             if let Some(cpu) = process_cpu_time() {
+                // The wall-clock stamp lets a harness that noted when it spawned the VMM
+                // compute the time to the first guest instruction.
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default();
                 info!(
-                    "vCPU 0 enters the guest after {:.3} ms of VMM CPU time",
-                    cpu.as_secs_f64() * 1e3
+                    "vCPU 0 enters the guest after {:.3} ms of VMM CPU time, at {}.{:06} s since the epoch",
+                    cpu.as_secs_f64() * 1e3,
+                    now.as_secs(),
+                    now.subsec_micros()
                 );
             }
         }

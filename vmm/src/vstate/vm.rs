@@ -93,6 +93,11 @@ impl Vm {
         self.kvm.get_max_vcpus()
     }
 
+    /// Whether the in-kernel LAPIC emulates the TSC-deadline timer (KVM_CAP_TSC_DEADLINE_TIMER).
+    pub fn has_tsc_deadline_timer(&self) -> bool {
+        self.kvm.check_extension(Cap::TscDeadlineTimer)
+    }
+
     /// CPUID leaves KVM can expose.
     pub fn supported_cpuid(&self) -> Result<CpuId, VmError> {
         self.kvm
