@@ -19,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
@@ -99,6 +100,14 @@ static inline int container_thaw(int fd)
 static inline int container_keyring(int fd)
 {
 	return syscall(__NR_container_keyring, fd);
+}
+
+/* CONTAINER_IOC_SETNS */
+static inline int container_setns(int fd, int nsfd, int nstype)
+{
+	struct container_ns cns = { .fd = nsfd, .nstype = (unsigned int)nstype };
+
+	return ioctl(fd, CONTAINER_IOC_SETNS, &cns);
 }
 
 static inline long ct_add_key(const char *type, const char *desc,

@@ -26,6 +26,7 @@ const CONTAINER_TESTS: &[&str] = &[
     "container_fs_test",
     "container_keyring_test",
     "container_control_test",
+    "container_setns_test",
     "container_upcall_test",
     "container_lsm_test",
     "keys_test",

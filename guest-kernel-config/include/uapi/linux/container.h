@@ -7,6 +7,9 @@
 #ifndef _UAPI_LINUX_CONTAINER_H
 #define _UAPI_LINUX_CONTAINER_H
 
+#include <linux/types.h>
+#include <linux/ioctl.h>
+
 /*
  * System call numbers (x86_64).  A block well above mainline's numbers, so
  * that new mainline system calls cannot collide with it.
@@ -52,5 +55,20 @@
  */
 #define FSCONFIG_SET_CONTAINER		64
 #define MOVE_MOUNT_T_CONTAINER_ROOT	0x00010000
+
+/*
+ * ioctl()s on a container fd, for its owner.  Operations added after the
+ * first system calls are ioctls, so that the system call table (and with
+ * it every object that includes the generated unistd header) stays as it
+ * is.
+ */
+#define CONTAINER_IOC_MAGIC		0xC7
+
+/* CONTAINER_IOC_SETNS: give the container one namespace of another. */
+struct container_ns {
+	__s32	fd;		/* Another container, or a /proc/PID/ns/ file */
+	__u32	nstype;		/* CLONE_NEW*; 0 allowed with a namespace file */
+};
+#define CONTAINER_IOC_SETNS		_IOW(CONTAINER_IOC_MAGIC, 1, struct container_ns)
 
 #endif /* _UAPI_LINUX_CONTAINER_H */
