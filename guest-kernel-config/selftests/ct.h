@@ -110,6 +110,12 @@ static inline int container_setns(int fd, int nsfd, int nstype)
 	return ioctl(fd, CONTAINER_IOC_SETNS, &cns);
 }
 
+/* CONTAINER_IOC_REBOOT: the new init's pid, 0 in the new init. */
+static inline pid_t container_reboot(int fd, unsigned long arg)
+{
+	return ioctl(fd, CONTAINER_IOC_REBOOT, arg);
+}
+
 static inline long ct_add_key(const char *type, const char *desc,
 			      const void *payload, size_t len, int ring)
 {

@@ -41,6 +41,13 @@
 /* Longest container name, excluding the terminating NUL. */
 #define CONTAINER_NAME_MAX		63
 
+/*
+ * In place of a container fd: the caller's own container, for
+ * container_kill(), container_freeze() and container_thaw() done by a
+ * member.
+ */
+#define CONTAINER_FD_CURRENT		(-10000)
+
 /* container_freeze() flags */
 #define CONTAINER_FREEZE_NOWAIT		0x00000001 /* Do not wait for every member to stop */
 
@@ -70,5 +77,11 @@ struct container_ns {
 	__u32	nstype;		/* CLONE_NEW*; 0 allowed with a namespace file */
 };
 #define CONTAINER_IOC_SETNS		_IOW(CONTAINER_IOC_MAGIC, 1, struct container_ns)
+
+/*
+ * CONTAINER_IOC_REBOOT (argument 0): kill every member and fork a fresh
+ * init; returns its pid, and 0 in the new init, like fork_into_container().
+ */
+#define CONTAINER_IOC_REBOOT		_IO(CONTAINER_IOC_MAGIC, 2)
 
 #endif /* _UAPI_LINUX_CONTAINER_H */
