@@ -116,6 +116,12 @@ static inline pid_t container_reboot(int fd, unsigned long arg)
 	return ioctl(fd, CONTAINER_IOC_REBOOT, arg);
 }
 
+/* CONTAINER_IOC_SET_CGROUP */
+static inline int container_set_cgroup(int fd, int cgroup_fd)
+{
+	return ioctl(fd, CONTAINER_IOC_SET_CGROUP, cgroup_fd);
+}
+
 static inline long ct_add_key(const char *type, const char *desc,
 			      const void *payload, size_t len, int ring)
 {

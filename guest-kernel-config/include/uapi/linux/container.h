@@ -84,4 +84,7 @@ struct container_ns {
  */
 #define CONTAINER_IOC_REBOOT		_IO(CONTAINER_IOC_MAGIC, 2)
 
+/* CONTAINER_IOC_SET_CGROUP (argument: an fd of an empty cgroup v2 directory) */
+#define CONTAINER_IOC_SET_CGROUP	_IO(CONTAINER_IOC_MAGIC, 3)
+
 #endif /* _UAPI_LINUX_CONTAINER_H */
