@@ -122,6 +122,12 @@ static inline int container_set_cgroup(int fd, int cgroup_fd)
 	return ioctl(fd, CONTAINER_IOC_SET_CGROUP, cgroup_fd);
 }
 
+/* CONTAINER_IOC_SET_ROOT */
+static inline int container_set_root(int fd, int dirfd)
+{
+	return ioctl(fd, CONTAINER_IOC_SET_ROOT, dirfd);
+}
+
 static inline long ct_add_key(const char *type, const char *desc,
 			      const void *payload, size_t len, int ring)
 {

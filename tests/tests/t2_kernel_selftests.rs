@@ -29,6 +29,7 @@ const CONTAINER_TESTS: &[&str] = &[
     "container_setns_test",
     "container_reboot_test",
     "container_cgroup_test",
+    "container_root_test",
     "container_upcall_test",
     "container_lsm_test",
     "keys_test",

@@ -87,4 +87,7 @@ struct container_ns {
 /* CONTAINER_IOC_SET_CGROUP (argument: an fd of an empty cgroup v2 directory) */
 #define CONTAINER_IOC_SET_CGROUP	_IO(CONTAINER_IOC_MAGIC, 3)
 
+/* CONTAINER_IOC_SET_ROOT (argument: an fd of a directory in the container) */
+#define CONTAINER_IOC_SET_ROOT		_IO(CONTAINER_IOC_MAGIC, 4)
+
 #endif /* _UAPI_LINUX_CONTAINER_H */
