@@ -122,6 +122,17 @@ static inline int container_set_cgroup(int fd, int cgroup_fd)
 	return ioctl(fd, CONTAINER_IOC_SET_CGROUP, cgroup_fd);
 }
 
+/* CONTAINER_IOC_SET_POLICY for the LSM named lsm. */
+static inline int container_set_policy(int fd, const char *lsm, const void *policy,
+				       unsigned int len)
+{
+	struct container_policy req = {
+		.lsm = (uintptr_t)lsm, .policy = (uintptr_t)policy, .len = len,
+	};
+
+	return ioctl(fd, CONTAINER_IOC_SET_POLICY, &req);
+}
+
 /* CONTAINER_IOC_SET_ROOT */
 static inline int container_set_root(int fd, int dirfd)
 {

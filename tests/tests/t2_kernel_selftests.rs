@@ -32,6 +32,7 @@ const CONTAINER_TESTS: &[&str] = &[
     "container_root_test",
     "container_upcall_test",
     "container_lsm_test",
+    "container_policy_test",
     "keys_test",
     "boot_param_test",
     "devices_test",

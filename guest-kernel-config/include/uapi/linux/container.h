@@ -90,4 +90,17 @@ struct container_ns {
 /* CONTAINER_IOC_SET_ROOT (argument: an fd of a directory in the container) */
 #define CONTAINER_IOC_SET_ROOT		_IO(CONTAINER_IOC_MAGIC, 4)
 
+/*
+ * CONTAINER_IOC_SET_POLICY: hand a security policy for the container to
+ * the LSM named lsm, in that LSM's format.
+ */
+struct container_policy {
+	__aligned_u64	lsm;		/* const char *: the LSM's name */
+	__aligned_u64	policy;		/* const void *: the policy */
+	__u32		len;		/* its length, at most CONTAINER_POLICY_MAX */
+	__u32		flags;		/* must be 0 */
+};
+#define CONTAINER_POLICY_MAX		4096
+#define CONTAINER_IOC_SET_POLICY	_IOW(CONTAINER_IOC_MAGIC, 5, struct container_policy)
+
 #endif /* _UAPI_LINUX_CONTAINER_H */
