@@ -133,6 +133,15 @@ static inline int container_set_policy(int fd, const char *lsm, const void *poli
 	return ioctl(fd, CONTAINER_IOC_SET_POLICY, &req);
 }
 
+/* CONTAINER_IOC_SET_DEVICES */
+static inline int container_set_devices(int fd, const struct container_dev *devs,
+					unsigned int count)
+{
+	struct container_devices req = { .devs = (uintptr_t)devs, .count = count };
+
+	return ioctl(fd, CONTAINER_IOC_SET_DEVICES, &req);
+}
+
 /* CONTAINER_IOC_SET_ROOT */
 static inline int container_set_root(int fd, int dirfd)
 {

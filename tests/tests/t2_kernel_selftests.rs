@@ -31,6 +31,7 @@ const CONTAINER_TESTS: &[&str] = &[
     "container_cgroup_test",
     "container_root_test",
     "container_overlay_test",
+    "container_devlist_test",
     "container_upcall_test",
     "container_lsm_test",
     "container_policy_test",

@@ -103,4 +103,23 @@ struct container_policy {
 #define CONTAINER_POLICY_MAX		4096
 #define CONTAINER_IOC_SET_POLICY	_IOW(CONTAINER_IOC_MAGIC, 5, struct container_policy)
 
+/*
+ * CONTAINER_IOC_SET_DEVICES: the device numbers the container's members may
+ * open; count 0 removes the list (everything allowed again).
+ */
+struct container_dev {
+	__u32	type;		/* 'c' or 'b' */
+	__u32	major;
+	__u32	minor;		/* or CONTAINER_DEV_ANY */
+	__u32	reserved;	/* must be 0 */
+};
+#define CONTAINER_DEV_ANY		0xffffffffU
+struct container_devices {
+	__aligned_u64	devs;		/* struct container_dev[count] */
+	__u32		count;		/* at most CONTAINER_DEVICES_MAX */
+	__u32		flags;		/* must be 0 */
+};
+#define CONTAINER_DEVICES_MAX		256
+#define CONTAINER_IOC_SET_DEVICES	_IOW(CONTAINER_IOC_MAGIC, 6, struct container_devices)
+
 #endif /* _UAPI_LINUX_CONTAINER_H */
