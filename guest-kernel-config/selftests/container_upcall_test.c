@@ -3,19 +3,44 @@
  * Upcalls run in the container that caused them: request-key (through
  * request_key()) and a generic call_usermodehelper() (a core_pattern pipe
  * helper started by a core dump).  The helpers (helpers/) report their
- * hostname, root and pid; the same helper binaries sit in the test system's
- * /sbin and in the container's /sbin.
+ * hostname, root, pid and cgroup; the same helper binaries sit in the test
+ * system's /sbin and in the container's /sbin.  Upcalls are accounted to
+ * the container's cgroup.
  */
 #include "ct.h"
 #include <sys/resource.h>
 
 #define CT_HOST "capsule-ct"
 
+/* Mounts a procfs at /proc below the container's root, for the helpers. */
+static int mount_proc(int fd)
+{
+	int fsfd, mfd, ret;
+
+	if (mkdirat(fd, "proc", 0555))
+		return -1;
+	fsfd = fsopen("proc", FSOPEN_CLOEXEC);
+	if (fsfd < 0)
+		return -1;
+	if (fsconfig(fsfd, FSCONFIG_CMD_CREATE, NULL, NULL, 0) < 0) {
+		close(fsfd);
+		return -1;
+	}
+	mfd = fsmount(fsfd, FSMOUNT_CLOEXEC, 0);
+	close(fsfd);
+	if (mfd < 0)
+		return -1;
+	ret = move_mount(mfd, "", fd, "proc", MOVE_MOUNT_F_EMPTY_PATH);
+	close(mfd);
+	return ret;
+}
+
 static int setup(int fd)
 {
 	return ct_mount_tmpfs_root(fd) || mkdirat(fd, "sbin", 0755) ||
 	       ct_copy_in("/sbin/request-key", fd, "sbin/request-key", 0755) ||
-	       ct_copy_in("/sbin/core-helper", fd, "sbin/core-helper", 0755);
+	       ct_copy_in("/sbin/core-helper", fd, "sbin/core-helper", 0755) ||
+	       mount_proc(fd);
 }
 
 /* Requests a key whose construction needs /sbin/request-key; returns the payload. */
@@ -48,7 +73,7 @@ int main(void)
 	pid_t init, crasher;
 	long n;
 
-	ct_plan(12);
+	ct_plan(14);
 	sethostname("capsule-host", 12);
 
 	/* Outside any container: the classic behaviour. */
@@ -56,6 +81,8 @@ int main(void)
 	ct_ok(field(payload, "root=", v, sizeof(v)) == 0 && !strcmp(v, "host") &&
 	      field(payload, "host=", v, sizeof(v)) == 0 && !strcmp(v, "capsule-host"),
 	      "it ran in the system's root and UTS namespace (%s)", payload);
+	ct_ok(field(payload, "cg=", v, sizeof(v)) == 0 && !strcmp(v, "0::/"),
+	      "and in the root cgroup (%s)", v);
 
 	fd = container_create("ct-upcall", CONTAINER_NEW_FS_NS | CONTAINER_NEW_UTS_NS |
 				 CONTAINER_NEW_PID_NS | CONTAINER_FD_CLOEXEC);
@@ -85,6 +112,9 @@ int main(void)
 	      "the request-key helper ran in the container's UTS namespace");
 	ct_ok(field(payload, "pid=", v, sizeof(v)) == 0 && atoi(v) > 1 && atoi(v) < 100,
 	      "the request-key helper ran in the container's pid namespace (pid %s)", v);
+	snprintf(report, sizeof(report), "0::/container-%llu", ct_id("ct-upcall"));
+	ct_ok(field(payload, "cg=", v, sizeof(v)) == 0 && !strcmp(v, report),
+	      "the request-key helper was accounted to the container's cgroup (%s)", v);
 
 	/* A core dump inside the container starts the pipe helper there. */
 	ct_ok(ct_write_file("/proc/sys/kernel/core_pattern", "|/sbin/core-helper") == 0,

@@ -19,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
@@ -99,6 +100,52 @@ static inline int container_thaw(int fd)
 static inline int container_keyring(int fd)
 {
 	return syscall(__NR_container_keyring, fd);
+}
+
+/* CONTAINER_IOC_SETNS */
+static inline int container_setns(int fd, int nsfd, int nstype)
+{
+	struct container_ns cns = { .fd = nsfd, .nstype = (unsigned int)nstype };
+
+	return ioctl(fd, CONTAINER_IOC_SETNS, &cns);
+}
+
+/* CONTAINER_IOC_REBOOT: the new init's pid, 0 in the new init. */
+static inline pid_t container_reboot(int fd, unsigned long arg)
+{
+	return ioctl(fd, CONTAINER_IOC_REBOOT, arg);
+}
+
+/* CONTAINER_IOC_SET_CGROUP */
+static inline int container_set_cgroup(int fd, int cgroup_fd)
+{
+	return ioctl(fd, CONTAINER_IOC_SET_CGROUP, cgroup_fd);
+}
+
+/* CONTAINER_IOC_SET_POLICY for the LSM named lsm. */
+static inline int container_set_policy(int fd, const char *lsm, const void *policy,
+				       unsigned int len)
+{
+	struct container_policy req = {
+		.lsm = (uintptr_t)lsm, .policy = (uintptr_t)policy, .len = len,
+	};
+
+	return ioctl(fd, CONTAINER_IOC_SET_POLICY, &req);
+}
+
+/* CONTAINER_IOC_SET_DEVICES */
+static inline int container_set_devices(int fd, const struct container_dev *devs,
+					unsigned int count)
+{
+	struct container_devices req = { .devs = (uintptr_t)devs, .count = count };
+
+	return ioctl(fd, CONTAINER_IOC_SET_DEVICES, &req);
+}
+
+/* CONTAINER_IOC_SET_ROOT */
+static inline int container_set_root(int fd, int dirfd)
+{
+	return ioctl(fd, CONTAINER_IOC_SET_ROOT, dirfd);
 }
 
 static inline long ct_add_key(const char *type, const char *desc,

@@ -7,6 +7,9 @@
 #ifndef _UAPI_LINUX_CONTAINER_H
 #define _UAPI_LINUX_CONTAINER_H
 
+#include <linux/types.h>
+#include <linux/ioctl.h>
+
 /*
  * System call numbers (x86_64).  A block well above mainline's numbers, so
  * that new mainline system calls cannot collide with it.
@@ -38,6 +41,13 @@
 /* Longest container name, excluding the terminating NUL. */
 #define CONTAINER_NAME_MAX		63
 
+/*
+ * In place of a container fd: the caller's own container, for
+ * container_kill(), container_freeze() and container_thaw() done by a
+ * member.
+ */
+#define CONTAINER_FD_CURRENT		(-10000)
+
 /* container_freeze() flags */
 #define CONTAINER_FREEZE_NOWAIT		0x00000001 /* Do not wait for every member to stop */
 
@@ -52,5 +62,64 @@
  */
 #define FSCONFIG_SET_CONTAINER		64
 #define MOVE_MOUNT_T_CONTAINER_ROOT	0x00010000
+
+/*
+ * ioctl()s on a container fd, for its owner.  Operations added after the
+ * first system calls are ioctls, so that the system call table (and with
+ * it every object that includes the generated unistd header) stays as it
+ * is.
+ */
+#define CONTAINER_IOC_MAGIC		0xC7
+
+/* CONTAINER_IOC_SETNS: give the container one namespace of another. */
+struct container_ns {
+	__s32	fd;		/* Another container, or a /proc/PID/ns/ file */
+	__u32	nstype;		/* CLONE_NEW*; 0 allowed with a namespace file */
+};
+#define CONTAINER_IOC_SETNS		_IOW(CONTAINER_IOC_MAGIC, 1, struct container_ns)
+
+/*
+ * CONTAINER_IOC_REBOOT (argument 0): kill every member and fork a fresh
+ * init; returns its pid, and 0 in the new init, like fork_into_container().
+ */
+#define CONTAINER_IOC_REBOOT		_IO(CONTAINER_IOC_MAGIC, 2)
+
+/* CONTAINER_IOC_SET_CGROUP (argument: an fd of an empty cgroup v2 directory) */
+#define CONTAINER_IOC_SET_CGROUP	_IO(CONTAINER_IOC_MAGIC, 3)
+
+/* CONTAINER_IOC_SET_ROOT (argument: an fd of a directory in the container) */
+#define CONTAINER_IOC_SET_ROOT		_IO(CONTAINER_IOC_MAGIC, 4)
+
+/*
+ * CONTAINER_IOC_SET_POLICY: hand a security policy for the container to
+ * the LSM named lsm, in that LSM's format.
+ */
+struct container_policy {
+	__aligned_u64	lsm;		/* const char *: the LSM's name */
+	__aligned_u64	policy;		/* const void *: the policy */
+	__u32		len;		/* its length, at most CONTAINER_POLICY_MAX */
+	__u32		flags;		/* must be 0 */
+};
+#define CONTAINER_POLICY_MAX		4096
+#define CONTAINER_IOC_SET_POLICY	_IOW(CONTAINER_IOC_MAGIC, 5, struct container_policy)
+
+/*
+ * CONTAINER_IOC_SET_DEVICES: the device numbers the container's members may
+ * open; count 0 removes the list (everything allowed again).
+ */
+struct container_dev {
+	__u32	type;		/* 'c' or 'b' */
+	__u32	major;
+	__u32	minor;		/* or CONTAINER_DEV_ANY */
+	__u32	reserved;	/* must be 0 */
+};
+#define CONTAINER_DEV_ANY		0xffffffffU
+struct container_devices {
+	__aligned_u64	devs;		/* struct container_dev[count] */
+	__u32		count;		/* at most CONTAINER_DEVICES_MAX */
+	__u32		flags;		/* must be 0 */
+};
+#define CONTAINER_DEVICES_MAX		256
+#define CONTAINER_IOC_SET_DEVICES	_IOW(CONTAINER_IOC_MAGIC, 6, struct container_devices)
 
 #endif /* _UAPI_LINUX_CONTAINER_H */
