@@ -135,6 +135,18 @@ pub struct BackendTest {
 /// Both backends.
 pub const EVERY_BACKEND: &[Backend] = &[Backend::Qemu, Backend::Kvm];
 
+impl BackendTest {
+    /// A test of the real guest kernel on every backend.
+    pub fn linux(name: &'static str, run: fn(Backend) -> Result<(), String>) -> BackendTest {
+        BackendTest {
+            name,
+            guest: GuestKind::Linux,
+            backends: EVERY_BACKEND,
+            run,
+        }
+    }
+}
+
 /// A test as the runner sees it: a name, a kind for the listing, whether it can run here.
 struct Case {
     name: String,

@@ -12,7 +12,7 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use capsule_tests::cli::{CapsuleCli, Outcome};
-use capsule_tests::tier::{run_backend_tests, Backend, BackendTest, GuestKind, EVERY_BACKEND};
+use capsule_tests::tier::{run_backend_tests, Backend, BackendTest};
 
 fn exec(cli: &CapsuleCli, args: &[&str]) -> Result<Outcome, String> {
     let mut all = vec!["exec"];
@@ -583,12 +583,7 @@ fn vmm_killed(backend: Backend) -> Result<(), String> {
 }
 
 fn main() {
-    let t = |name, run| BackendTest {
-        name,
-        guest: GuestKind::Linux,
-        backends: EVERY_BACKEND,
-        run,
-    };
+    let t = BackendTest::linux;
     run_backend_tests(vec![
         t(
             "container_chain_create_exec_freeze_forward_keys_dns_ls_stop",

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use capsule_tests::cli::CapsuleCli;
-use capsule_tests::tier::{run_backend_tests, Backend, BackendTest, GuestKind, EVERY_BACKEND};
+use capsule_tests::tier::{run_backend_tests, Backend, BackendTest};
 
 const OS_RELEASE: &str = "PRETTY_NAME=\"capsule rootfs test image\"\nID=capsule-test\n";
 
@@ -175,12 +175,7 @@ fn volume_mounted_in_the_container(backend: Backend) -> Result<(), String> {
 }
 
 fn main() {
-    let t = |name, run| BackendTest {
-        name,
-        guest: GuestKind::Linux,
-        backends: EVERY_BACKEND,
-        run,
-    };
+    let t = BackendTest::linux;
     run_backend_tests(vec![
         t(
             "oci_busybox_ext4_root_read_only_then_read_write_persists",
