@@ -13,10 +13,11 @@
 use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use capsule_bench::{watch_for_marker, Reaper};
 use capsule_tests::guests::Guest;
 use clap::Parser;
 
@@ -179,60 +180,26 @@ fn qemu_command(qemu: &Path, accel: &str, spec: &BootSpec) -> Command {
     cmd
 }
 
-/// Kills the VMM when the measurement is done or fails.
-struct Reaper(Child);
-
-impl Drop for Reaper {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn measure(mut cmd: Command, spec: &BootSpec) -> Result<Sample> {
-    let ready = spec.ready.to_vec();
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let start = Instant::now();
     let mut child = Reaper(cmd.spawn().context("cannot start the VMM")?);
     let pid = child.0.id();
-    let mut out = child.0.stdout.take().context("no stdout")?;
+    let out = child.0.stdout.take().context("no stdout")?;
     let mut err = child.0.stderr.take().context("no stderr")?;
     let stderr = std::thread::spawn(move || {
         let mut text = String::new();
         let _ = err.read_to_string(&mut text);
         text
     });
-    let (tx, rx) = std::sync::mpsc::channel();
-    // Reads the console on its own thread, timestamping the first byte and the ready line.
-    std::thread::spawn(move || {
-        let mut seen = Vec::new();
-        let mut buf = [0u8; 256];
-        let mut first = None;
-        loop {
-            match out.read(&mut buf) {
-                Ok(0) | Err(_) => {
-                    let _ = tx.send(Err(String::from_utf8_lossy(&seen).into_owned()));
-                    return;
-                }
-                Ok(n) => {
-                    first.get_or_insert_with(|| start.elapsed());
-                    seen.extend_from_slice(&buf[..n]);
-                    if seen.windows(ready.len()).any(|w| w == ready.as_slice()) {
-                        let _ = tx.send(Ok(first.unwrap_or_default()));
-                        return;
-                    }
-                }
-            }
-        }
-    });
-    let first_byte = match rx.recv_timeout(spec.timeout) {
-        Ok(Ok(first)) => first,
+    let rx = watch_for_marker(out, spec.ready, move || start.elapsed());
+    let (first_byte, ready_at) = match rx.recv_timeout(spec.timeout) {
+        Ok(Ok(times)) => times,
         Ok(Err(console)) => bail!("the VMM ended before the guest was ready; console: {console:?}"),
         Err(_) => bail!("the guest was not ready within {:?}", spec.timeout),
     };
-    let ready_at = start.elapsed();
     std::thread::sleep(SETTLE);
     let cpu = process_cpu(pid)?;
     let (rss_kib, guest_rss_kib) = rss(pid, spec.memory << 10)?;

@@ -8,13 +8,14 @@
 //! traced run per round (`-trace kvm_vcpu_ioctl -msg timestamp=on`, killed at the first
 //! KVM_RUN), so that tracing every later exit does not slow the untraced boots.
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
+use capsule_bench::{watch_for_marker, Reaper};
 use clap::Parser;
 
 #[derive(Parser)]
@@ -63,16 +64,6 @@ fn now() -> Duration {
         .unwrap_or_default()
 }
 
-/// Kills the VMM when dropped.
-struct Reaper(Child);
-
-impl Drop for Reaper {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Parses "<secs>.<micros>" into a duration since the epoch.
 fn stamp(text: &str) -> Option<Duration> {
     let (s, us) = text.split_once('.')?;
@@ -87,7 +78,7 @@ fn boot(mut cmd: Command, marker: &str, timeout: Duration) -> Result<(Duration, 
         .stderr(Stdio::piped());
     let spawned = now();
     let mut child = Reaper(cmd.spawn().context("cannot start the VMM")?);
-    let mut out = child.0.stdout.take().context("no stdout")?;
+    let out = child.0.stdout.take().context("no stdout")?;
     let err = child.0.stderr.take().context("no stderr")?;
     let (err_tx, err_rx) = mpsc::channel();
     std::thread::spawn(move || {
@@ -98,27 +89,7 @@ fn boot(mut cmd: Command, marker: &str, timeout: Duration) -> Result<(Duration, 
             let _ = err_tx.send(lines.clone());
         }
     });
-    let (tx, rx) = mpsc::channel();
-    let marker = marker.as_bytes().to_vec();
-    std::thread::spawn(move || {
-        let (mut seen, mut buf, mut first) = (Vec::new(), [0u8; 4096], None);
-        loop {
-            match out.read(&mut buf) {
-                Ok(0) | Err(_) => {
-                    let _ = tx.send(Err(String::from_utf8_lossy(&seen).into_owned()));
-                    return;
-                }
-                Ok(n) => {
-                    first.get_or_insert_with(now);
-                    seen.extend_from_slice(&buf[..n]);
-                    if seen.windows(marker.len()).any(|w| w == marker) {
-                        let _ = tx.send(Ok((first.unwrap_or_default(), now())));
-                        return;
-                    }
-                }
-            }
-        }
-    });
+    let rx = watch_for_marker(out, marker.as_bytes(), now);
     let (first, end) = match rx.recv_timeout(timeout) {
         Ok(Ok(t)) => t,
         Ok(Err(console)) => bail!("the VMM ended before the marker; console: {console:?}"),
