@@ -7,17 +7,6 @@
 
 #define CG "/sys/fs/cgroup"
 
-static pid_t sleeper(int fd)
-{
-	pid_t pid = fork_into_container(fd);
-
-	if (pid == 0) {
-		for (;;)
-			pause();
-	}
-	return pid;
-}
-
 static int in_cgroup(pid_t pid, const char *want)
 {
 	char path[64], buf[256];
@@ -62,8 +51,8 @@ int main(void)
 	ct_plan(23);
 
 	fd = container_create("ct-cg", CONTAINER_FD_CLOEXEC);
-	init = sleeper(fd);
-	m = sleeper(fd);
+	init = ct_sleeper(fd);
+	m = ct_sleeper(fd);
 	snprintf(old, sizeof(old), "0::/container-%llu", ct_id("ct-cg"));
 	ct_ok(in_cgroup(init, old) && in_cgroup(m, old), "members start in the container's own cgroup (%s)", old);
 
@@ -73,7 +62,7 @@ int main(void)
 	ct_ok(in_cgroup(init, "0::/ct-dst") && in_cgroup(m, "0::/ct-dst"), "init and the member are in it");
 	snprintf(procs, sizeof(procs), CG "/container-%llu/cgroup.procs", ct_id("ct-cg"));
 	ct_ok(ct_read_file(procs, events, sizeof(events)) == 0, "the old cgroup has no processes left");
-	other = sleeper(fd);
+	other = ct_sleeper(fd);
 	ct_ok(other > 0 && in_cgroup(other, "0::/ct-dst"), "a process forked in later starts there");
 	st = ct_wait_timeout(({ pid_t p = fork_into_container(fd); if (p == 0) _exit(grandchild_check()); p; }), 10000);
 	ct_ok(ct_exited(st, 0), "children of members start there too");

@@ -7,17 +7,6 @@
 #include "ct.h"
 #include <sys/sysmacros.h>
 
-static pid_t sleeper(int fd)
-{
-	pid_t pid = fork_into_container(fd);
-
-	if (pid == 0) {
-		for (;;)
-			pause();
-	}
-	return pid;
-}
-
 /* Opens path in a member of fd; returns 0 if it opened, else its errno. */
 static int open_in(int fd, const char *path)
 {
@@ -54,7 +43,7 @@ int main(void)
 
 	a = container_create("devlist-a", CONTAINER_FD_CLOEXEC);
 	b = container_create("devlist-b", CONTAINER_FD_CLOEXEC);
-	ct_ok(a >= 0 && b >= 0 && sleeper(a) > 0 && sleeper(b) > 0, "two running containers");
+	ct_ok(a >= 0 && b >= 0 && ct_sleeper(a) > 0 && ct_sleeper(b) > 0, "two running containers");
 	ct_ok(open_in(a, "/dev/zero") == 0, "without a list a member opens /dev/zero");
 
 	ct_ok(container_set_devices(a, null_only, 1) == 0, "a's list: only c 1:3 (/dev/null)");

@@ -30,17 +30,6 @@ static int try_in(int fd, const char *tag)
 }
 
 /* An init that stays, so that members come and go. */
-static pid_t sleeper(int fd)
-{
-	pid_t pid = fork_into_container(fd);
-
-	if (pid == 0) {
-		for (;;)
-			pause();
-	}
-	return pid;
-}
-
 static int set_as_nobody(void *arg)
 {
 	ct_become_nobody();
@@ -60,7 +49,7 @@ int main(void)
 
 	a = container_create("policy-a", CONTAINER_FD_CLOEXEC);
 	b = container_create("policy-b", CONTAINER_FD_CLOEXEC);
-	ct_ok(a >= 0 && b >= 0 && sleeper(a) > 0 && sleeper(b) > 0,
+	ct_ok(a >= 0 && b >= 0 && ct_sleeper(a) > 0 && ct_sleeper(b) > 0,
 	      "two running containers sharing the caller's /tmp");
 	ct_ok(try_in(a, "a0") == 0, "without a policy, a member of a may mkdir and mknod");
 

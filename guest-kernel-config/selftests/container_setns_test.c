@@ -10,17 +10,6 @@
 	     CONTAINER_NEW_NET_NS | CONTAINER_NEW_PID_NS | \
 	     CONTAINER_NEW_FS_NS | CONTAINER_FD_CLOEXEC)
 
-static pid_t sleeper(int fd)
-{
-	pid_t pid = fork_into_container(fd);
-
-	if (pid == 0) {
-		for (;;)
-			pause();
-	}
-	return pid;
-}
-
 static void stop(int fd)
 {
 	container_kill(fd, SIGKILL);
@@ -69,8 +58,8 @@ int main(void)
 	ct_ok(container_setns(b, a, CLONE_NEWNET) == 0, "b takes a's network namespace");
 	ct_ok(container_setns(b, a, CLONE_NEWIPC) == 0, "b takes a's IPC namespace");
 	ct_ok(container_setns(b, a, CLONE_NEWUTS) == 0, "b takes a's UTS namespace");
-	ia = sleeper(a);
-	ib = sleeper(b);
+	ia = ct_sleeper(a);
+	ib = ct_sleeper(b);
 	ct_ok(ia > 0 && ib > 0, "an init forked into each");
 	ct_ok(same(ia, ib, "net") && !same(ia, 0, "net"), "their inits share one network namespace, not the caller's");
 	ct_ok(same(ia, ib, "ipc") && !same(ia, 0, "ipc"), "their inits share one IPC namespace");
@@ -109,7 +98,7 @@ int main(void)
 	nsfd = nsfd_of(ia, "user");
 	CT_ERR(container_setns(c, nsfd, 0), EINVAL, "a user namespace file: EINVAL");
 	close(nsfd);
-	ic = sleeper(c);
+	ic = ct_sleeper(c);
 	ct_ok(ic > 0 && same(ic, ia, "net"), "c's init runs in that network namespace");
 	ct_ok(ct_proc_row("setns-c", row, sizeof(row)) && !strcmp(ct_state("setns-c"), "running") &&
 	      !strcmp(ct_state("setns-b"), "running"), "/proc/containers still lists them as running");
@@ -117,7 +106,7 @@ int main(void)
 	/* Before init, the pid namespace can be shared. */
 	d = container_create("setns-d", CONTAINER_NEW_PID_NS | CONTAINER_FD_CLOEXEC);
 	ct_ok(container_setns(d, a, CLONE_NEWPID) == 0, "d takes a's pid namespace before its init");
-	id = sleeper(d);
+	id = ct_sleeper(d);
 	ct_ok(id > 0 && same(id, ia, "pid"), "d's init runs in a's pid namespace");
 	nsfd = nsfd_of(id, "pid");
 	e = container_create("setns-e", CONTAINER_NEW_PID_NS | CONTAINER_FD_CLOEXEC);
@@ -132,7 +121,7 @@ int main(void)
 	CT_ERR(container_setns(g, f, CLONE_NEWNS), ENOENT, "the mount namespace of a container without a root: ENOENT");
 	CT_ERR(fork_into_container(e), ENOENT, "e has no root yet");
 	ct_ok(container_setns(e, a, CLONE_NEWNS) == 0, "e takes a's mount namespace");
-	ie = sleeper(e);
+	ie = ct_sleeper(e);
 	ct_ok(ie > 0 && same(ie, ia, "mnt"), "e's init runs in a's mount namespace");
 	CT_ERR(ct_mount_tmpfs_root(e), EINVAL, "mounting over a shared root: EINVAL");
 

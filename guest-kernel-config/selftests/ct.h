@@ -177,6 +177,18 @@ static inline long ct_read_key(long id, char *buf, size_t size)
 }
 
 /* Waits for pid; returns its wait status, or -1. */
+/* Forks a member into the container that only waits for a signal; returns its pid. */
+static inline pid_t ct_sleeper(int fd)
+{
+	pid_t pid = fork_into_container(fd);
+
+	if (pid == 0) {
+		for (;;)
+			pause();
+	}
+	return pid;
+}
+
 static inline int ct_wait(pid_t pid)
 {
 	int status;
