@@ -76,6 +76,7 @@ pub fn supervise(state: &StateDir) -> Result<Phase, SupervisorError> {
         vsock_uds: vsock_uds.clone(),
         guest_cid: spec.guest_cid,
         disks: spec.disks.clone(),
+        nics: Vec::new(),
         console: state.console_path(),
         run_dir: state.dir().to_path_buf(),
     };

@@ -44,6 +44,15 @@ pub struct Disk {
     pub read_only: bool,
 }
 
+/// A network interface for the guest: a virtio-net device on an existing host TAP.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Nic {
+    /// Name of the host TAP device (created by the host library before the machine starts).
+    pub tap: String,
+    /// The guest side's MAC address.
+    pub mac: [u8; 6],
+}
+
 /// What to run, independent of the machine.
 #[derive(Debug, Clone)]
 pub struct MachineConfig {
@@ -58,6 +67,8 @@ pub struct MachineConfig {
     pub guest_cid: u32,
     /// Block devices, in the order the guest sees them (vda, vdb, ...).
     pub disks: Vec<Disk>,
+    /// Network interfaces, in the order the guest sees them (eth0, eth1, ...).
+    pub nics: Vec<Nic>,
     /// Where the guest console goes.
     pub console: PathBuf,
     /// Scratch directory for the machine's own sockets.

@@ -232,6 +232,7 @@ mod tests {
                 path: PathBuf::from("/img/root.ext4"),
                 read_only: true,
             }],
+            nics: Vec::new(),
             console: "/s/console.log".into(),
             run_dir: "/s".into(),
         };
