@@ -38,6 +38,7 @@ mkdir -p "$staging/etc"
 printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n' > "$staging/etc/passwd"
 printf 'root:x:0:\nnogroup:x:65534:\n' > "$staging/etc/group"
 printf '127.0.0.1 localhost\n::1 localhost\n' > "$staging/etc/hosts"
+: > "$staging/etc/resolv.conf"  # bind-mounted over by the agent for a container on a network
 args=(--init "$agent" --add-file "$busybox:/bin/busybox" --add-dir "$staging/etc:/etc"
       --symlink "/init:/sbin/request-key" --symlink "/init:/bin/keyctl" --mknod "c:5:1:600:/dev/console")
 for d in /proc /sys /dev /run /tmp /root /mnt /var /usr/bin /usr/sbin /sbin; do args+=(--dir "$d"); done

@@ -33,6 +33,8 @@ enum Command {
     Ps(commands::ps::PsArgs),
     /// Mount a file system into a VM's container.
     Mount(commands::mount::MountArgs),
+    /// Define, list and remove host networks for VMs.
+    Network(commands::network::NetworkArgs),
     /// Forward a host TCP port to a port inside a VM's container.
     PortForward(commands::port_forward::PortForwardArgs),
     /// Add or list keys in a container's keyring.
@@ -71,6 +73,7 @@ fn main() -> ExitCode {
         Command::Ls(args) => commands::ls::run(args),
         Command::Ps(args) => commands::ps::run(args),
         Command::Mount(args) => commands::mount::run(args),
+        Command::Network(args) => commands::network::run(args),
         Command::PortForward(args) => commands::port_forward::run(args),
         Command::Key(args) => commands::key::run(args),
         Command::Kill(args) => commands::control::kill(args),

@@ -22,6 +22,7 @@ pub mod init;
 pub mod keyctl;
 pub mod keyring;
 pub mod lock;
+pub mod netlink;
 #[allow(unsafe_code)]
 pub mod reaper;
 #[allow(unsafe_code)]

@@ -420,6 +420,24 @@ pub fn set_nonblocking(fd: RawFd) {
     }
 }
 
+/// Clears O_NONBLOCK on a descriptor the caller holds.
+pub fn set_blocking(fd: RawFd) {
+    // SAFETY: fcntl on a descriptor the caller holds.
+    unsafe {
+        let fl = libc::fcntl(fd, libc::F_GETFL);
+        libc::fcntl(fd, libc::F_SETFL, fl & !libc::O_NONBLOCK);
+    }
+}
+
+/// A socket in the agent's own namespaces (close-on-exec).
+pub fn socket(domain: i32, ty: i32, protocol: i32) -> Result<OwnedFd, Errno> {
+    // SAFETY: socket(2) with plain integer arguments.
+    let fd = unsafe { libc::socket(domain, ty | libc::SOCK_CLOEXEC, protocol) };
+    check(fd as libc::c_long)?;
+    // SAFETY: a new descriptor we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
 /// One read(2) into `buf`.
 pub fn read(fd: RawFd, buf: &mut [u8]) -> std::io::Result<usize> {
     // SAFETY: the pointer and length describe `buf`.

@@ -10,6 +10,7 @@
 pub mod console;
 pub mod exec;
 pub mod machine;
+pub mod network;
 pub mod paths;
 pub mod spec;
 pub mod state;

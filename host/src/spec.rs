@@ -39,6 +39,9 @@ pub struct VmSpec {
     #[serde(default)]
     pub upcalls: BTreeMap<String, PathBuf>,
     pub upcall_timeout_secs: u64,
+    /// The VM's place on a host network (`None`: `--net none`, only lo in the guest).
+    #[serde(default)]
+    pub network: Option<crate::network::Attachment>,
 }
 
 /// Why a VM configuration was refused; each error names the setting or file.
@@ -171,6 +174,7 @@ mod tests {
             guest_cid: 3,
             upcalls: [("dns_resolver".to_string(), PathBuf::from("/bin/h"))].into(),
             upcall_timeout_secs: 10,
+            network: None,
         };
         let text = serde_json::to_string(&spec).unwrap();
         assert!(text.contains("\"backend\":\"qemu-tcg\""));
@@ -197,6 +201,7 @@ mod tests {
             guest_cid: 3,
             upcalls: BTreeMap::new(),
             upcall_timeout_secs: 10,
+            network: None,
         };
         (spec, dir)
     }

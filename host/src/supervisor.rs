@@ -11,7 +11,7 @@ use log::{info, warn};
 
 use capsule_vmm::exit::ExitReason;
 
-use crate::machine::{self, MachineConfig, MachineEnd, MachineError};
+use crate::machine::{self, MachineConfig, MachineEnd, MachineError, Nic};
 use crate::spec::VmSpec;
 use crate::state::{process_start_time, Phase, StateDir, StateError, Status};
 use crate::upcall::{self, UpcallRoutes};
@@ -27,6 +27,12 @@ pub enum SupervisorError {
     Thread(#[source] std::io::Error),
     #[error("invalid state directory {0}")]
     InvalidDir(std::path::PathBuf),
+    #[error("cannot connect the VM to network {network}")]
+    Network {
+        network: String,
+        #[source]
+        source: crate::network::NetworkError,
+    },
 }
 
 /// The hidden subcommand a front end's program must answer with [`run_process`]:
@@ -67,6 +73,24 @@ pub fn supervise(state: &StateDir) -> Result<Phase, SupervisorError> {
         },
     )?;
 
+    let networks = crate::network::store();
+    let mut nics = Vec::new();
+    if let Some(att) = &spec.network {
+        if let Err(source) = crate::network::activate(&networks, att) {
+            let e = SupervisorError::Network {
+                network: att.network.clone(),
+                source,
+            };
+            status.phase = Phase::Dead;
+            status.reason = Some(error_chain(&e));
+            state.write_status(&status)?;
+            return Err(e);
+        }
+        nics.push(Nic {
+            tap: att.tap.clone(),
+            mac: att.mac,
+        });
+    }
     let config = MachineConfig {
         kernel: spec.kernel.clone(),
         initrd: spec.initrd.clone(),
@@ -76,7 +100,7 @@ pub fn supervise(state: &StateDir) -> Result<Phase, SupervisorError> {
         vsock_uds: vsock_uds.clone(),
         guest_cid: spec.guest_cid,
         disks: spec.disks.clone(),
-        nics: Vec::new(),
+        nics,
         console: state.console_path(),
         run_dir: state.dir().to_path_buf(),
     };
@@ -120,6 +144,11 @@ pub fn supervise(state: &StateDir) -> Result<Phase, SupervisorError> {
         }
     };
 
+    if let Some(att) = &spec.network {
+        if let Err(e) = crate::network::deactivate(&networks, att) {
+            warn!("VM {}: cannot take its network side down: {e}", spec.name);
+        }
+    }
     let stop_requested = state.dir().join(STOP_REQUESTED).exists();
     let (phase, reason) = final_phase(end, agent_ready, stop_requested);
     status.phase = phase;
@@ -175,6 +204,11 @@ pub fn run_process(dir: &Path) -> Result<Phase, SupervisorError> {
         // SAFETY: `set` and `sig` are valid for the call.
         unsafe { libc::sigwait(&set, &mut sig) };
         record_termination(&watched, sig);
+        if let Ok(spec) = watched.read_json::<VmSpec>(&watched.config_path()) {
+            if let Some(att) = &spec.network {
+                let _ = crate::network::deactivate(&crate::network::store(), att);
+            }
+        }
         // QEMU, if any, dies with us (PR_SET_PDEATHSIG); capsule's own VMM is this process.
         std::process::exit(0);
     });

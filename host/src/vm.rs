@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use capsule_protocol::methods::{AddKey, CreateContainer, Mount, Shutdown};
+use capsule_protocol::methods::{AddKey, ConfigureNetwork, CreateContainer, Mount, Shutdown};
 use capsule_protocol::{pb, Client, ClientError, HybridVsock};
 
 use crate::machine::{select_machine, Disk, MachineChoice, MachineKind};
@@ -65,6 +65,8 @@ pub struct CreateRequest {
     /// `<program> helper dns-resolver`); `None` removes a key type's helper.
     pub upcalls: BTreeMap<String, Option<PathBuf>>,
     pub upcall_timeout: Duration,
+    /// The host network to join (`None`: `--net none`).
+    pub network: Option<crate::network::AttachRequest>,
     /// Extra guest kernel parameters.
     pub cmdline: String,
     /// How long to wait for the guest agent.
@@ -102,6 +104,8 @@ pub enum CreateError {
     },
     #[error(transparent)]
     Setup(Box<SetupError>),
+    #[error(transparent)]
+    Network(#[from] crate::network::NetworkError),
 }
 
 /// Why a started VM never had a running agent.
@@ -128,6 +132,13 @@ pub enum SetupError {
     Key {
         key_type: String,
         description: String,
+        #[source]
+        source: ClientError,
+    },
+    #[error("cannot set up the container's network interface ({address} on {network})")]
+    Network {
+        network: String,
+        address: std::net::Ipv4Addr,
         #[source]
         source: ClientError,
     },
@@ -189,6 +200,7 @@ pub struct Prepared {
     volumes: Vec<(Volume, &'static str)>,
     flags: u32,
     keys: Vec<Key>,
+    network: Option<crate::network::AttachRequest>,
     boot_timeout: Duration,
     agent_timeout: Duration,
     program: PathBuf,
@@ -203,10 +215,24 @@ impl Prepared {
     /// Creates the state directory, starts the supervisor, waits for the agent and creates
     /// the container; `booting` is called about every 10 s of waiting with the time so far.
     /// On failure after the boot nothing is left: the VM is stopped and its directory removed.
-    pub fn start(self, mut booting: impl FnMut(Duration)) -> Result<Vm, CreateError> {
+    pub fn start(mut self, mut booting: impl FnMut(Duration)) -> Result<Vm, CreateError> {
         let name = self.spec.name.clone();
         let state = StateDir::create(&default_root(), &name)?;
-        state.write_json(&state.config_path(), &self.spec)?;
+        if let Some(req) = &self.network {
+            let networks = crate::network::store();
+            match crate::network::reserve(&networks, req, &name, state.dir()) {
+                Ok(att) => self.spec.network = Some(att),
+                Err(e) => {
+                    let _ = state.remove();
+                    return Err(e.into());
+                }
+            }
+        }
+        if let Err(e) = state.write_json(&state.config_path(), &self.spec) {
+            release_network(&self.spec);
+            let _ = state.remove();
+            return Err(e.into());
+        }
         let vm = Vm {
             state,
             agent_timeout: self.agent_timeout,
@@ -218,6 +244,7 @@ impl Prepared {
         if let Err(e) = self.setup_container(&vm) {
             // The VM is useless without its container: do not leave it holding the name.
             vm.stop(2, Duration::from_secs(10), true).ok();
+            release_network(&self.spec);
             let _ = vm.state.clone().remove();
             return Err(CreateError::Setup(e));
         }
@@ -258,6 +285,17 @@ impl Prepared {
                     source,
                 })
             })?;
+        if let Some(att) = &self.spec.network {
+            client
+                .call::<ConfigureNetwork>(&network_request(name, att))
+                .map_err(|source| {
+                    Box::new(SetupError::Network {
+                        network: att.network.clone(),
+                        address: att.address,
+                        source,
+                    })
+                })?;
+        }
         for key in &self.keys {
             client
                 .call::<AddKey>(&pb::AddKeyRequest {
@@ -359,8 +397,12 @@ pub fn prepare(req: CreateRequest) -> Result<Prepared, CreateError> {
         guest_cid: GUEST_CID,
         upcalls,
         upcall_timeout_secs: req.upcall_timeout.as_secs(),
+        network: None,
     };
     spec.check()?;
+    if let Some(net) = &req.network {
+        crate::network::check(&crate::network::store(), net)?;
+    }
     if !req.upcalls.contains_key(DNS_RESOLVER) {
         spec.upcalls
             .insert(DNS_RESOLVER.to_string(), dns_helper_wrapper(&req.program)?);
@@ -371,10 +413,44 @@ pub fn prepare(req: CreateRequest) -> Result<Prepared, CreateError> {
         volumes,
         flags: req.flags,
         keys: req.keys,
+        network: req.network,
         boot_timeout: req.boot_timeout,
         agent_timeout: req.agent_timeout,
         program: req.program,
     })
+}
+
+/// Gives a VM's address back; a failure is logged (the lease is reclaimed later anyway, once
+/// the VM's state directory is gone).
+fn release_network(spec: &VmSpec) {
+    if let Some(att) = &spec.network {
+        if let Err(e) = crate::network::release(&crate::network::store(), att) {
+            log::warn!("VM {}: cannot release {}: {e}", spec.name, att.address);
+        }
+    }
+}
+
+/// What the agent needs to set the container's interface up: the NIC by its MAC, the address,
+/// the route through the gateway, the host's resolvers.
+fn network_request(
+    container: &str,
+    att: &crate::network::Attachment,
+) -> pb::ConfigureNetworkRequest {
+    pb::ConfigureNetworkRequest {
+        container: container.to_string(),
+        interfaces: vec![pb::NetworkInterface {
+            mac: crate::network::ipam::format_mac(&att.mac),
+            name: "eth0".into(),
+            address: att.address.to_string(),
+            prefix_len: u32::from(att.subnet.prefix()),
+            gateway: att.gateway.to_string(),
+            mtu: att.mtu,
+        }],
+        nameservers: crate::network::host_nameservers(Path::new("/etc/resolv.conf"))
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
+    }
 }
 
 /// [`prepare`] then [`Prepared::start`].
@@ -490,6 +566,14 @@ impl Vm {
 
     pub fn status(&self) -> Result<Status, StateError> {
         self.state.status()
+    }
+
+    /// The VM's place on a host network, if it has one.
+    pub fn network(&self) -> Option<crate::network::Attachment> {
+        self.state
+            .read_json::<VmSpec>(&self.state.config_path())
+            .ok()?
+            .network
     }
 
     /// A client of the VM's agent; fails with the VM's state when it is not running.
@@ -610,6 +694,9 @@ impl Vm {
                 });
             }
             self.stop(2, Duration::from_secs(10), true)?;
+        }
+        if let Ok(spec) = self.state.read_json::<VmSpec>(&self.state.config_path()) {
+            release_network(&spec);
         }
         self.state.remove()?;
         Ok(())

@@ -59,6 +59,7 @@ methods! {
         FreezeContainer(ContainerRef) -> Empty;
         ThawContainer(ContainerRef) -> Empty;
         Shutdown(ShutdownRequest) -> Empty;
+        ConfigureNetwork(ConfigureNetworkRequest) -> Empty;
     }
     UPCALL_SERVICE {
         RequestKey(UpcallRequest) -> UpcallResponse;

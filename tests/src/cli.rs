@@ -56,6 +56,14 @@ impl Outcome {
         Ok(self)
     }
 
+    /// Fails unless stdout contains `text`.
+    pub fn expect_stdout_has(&self, text: &str) -> Result<&Self, String> {
+        if !self.stdout.contains(text) {
+            return Err(format!("expected {text:?} on stdout\n{}", self.describe()));
+        }
+        Ok(self)
+    }
+
     /// Fails unless stderr contains every one of `parts`.
     pub fn expect_stderr_has(&self, parts: &[&str]) -> Result<&Self, String> {
         for p in parts {

@@ -94,6 +94,9 @@ fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
+/// Modules of the L1 kernel that VM networks use: TAPs, bridges, nftables NAT and fib.
+const L1_NETWORK_MODULES: &str = "tun bridge nf_tables nf_nat nft_chain_nat nft_masq nft_fib_ipv4";
+
 /// The script the L1 runs: load KVM, then `command` (a shell command line) in the current
 /// directory, with stdout and stderr on the console.
 fn job_script(kit: &Kit, command: &str) -> Result<String, String> {
@@ -116,6 +119,13 @@ fn job_script(kit: &Kit, command: &str) -> Result<String, String> {
         "modprobe -d {} -a kvm_amd || {{ echo '@@l1 setup failed: modprobe kvm_amd'; exit 99; }}\n",
         shell_quote(&modroot)
     );
+    // What VM networks need on the host side (capsule create --net): TAPs, bridges, NAT.
+    script += &format!(
+        "for m in {L1_NETWORK_MODULES}; do modprobe -d {} $m || echo \"@@l1 note: no module $m\"; done\n",
+        shell_quote(&modroot)
+    );
+    // The host's /var/lib is read-only in L1.
+    script += "export CAPSULE_NETWORK_DIR=/run/capsule-networks\n";
     script += &format!("cd {}\n", shell_quote(&cwd.display().to_string()));
     script += &format!("exec 2>&1\n{command}\n");
     Ok(script)

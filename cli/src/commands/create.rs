@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use capsule_host::network::{self, publish::Publish};
 use capsule_host::vm::{self, CreateRequest};
 use clap::Args;
 
@@ -16,7 +17,8 @@ use super::MachineArg;
 #[command(
     after_help = "Examples:\n  capsule create demo\n  capsule create web --rootfs root.ext4 \
     --volume data.ext4:/data --memory 512\n  capsule create db --key user:db-password=./secret \
-    --upcall dns_resolver=/usr/local/bin/my-resolver"
+    --upcall dns_resolver=/usr/local/bin/my-resolver\n  capsule create web --publish 8080:80\n  \
+    capsule create isolated --net none"
 )]
 pub struct CreateArgs {
     /// Name of the VM and of its container (1-63 of [A-Za-z0-9_.-]).
@@ -74,6 +76,21 @@ pub struct CreateArgs {
     #[arg(long = "key", value_name = "TYPE:DESC=FILE")]
     keys: Vec<String>,
 
+    /// Host network to join (`capsule network ls`), or `none` for only lo in the container.
+    /// The network `default` (bridge capsule0, 10.88.0.0/16, NAT to the outside) is made on
+    /// first use.
+    #[arg(long, value_name = "NAME|none", default_value = capsule_host::network::DEFAULT_NETWORK)]
+    net: String,
+
+    /// The container's IPv4 address on its network (default: the lowest free one).
+    #[arg(long, value_name = "ADDR")]
+    ip: Option<String>,
+
+    /// Forward a host port to the container: HOST_PORT:CONTAINER_PORT[/tcp|/udp], on every
+    /// host address including 127.0.0.1. Repeatable.
+    #[arg(short = 'p', long = "publish", value_name = "HOST:CONTAINER[/PROTO]")]
+    publish: Vec<String>,
+
     /// Extra guest kernel parameters.
     #[arg(long, value_name = "STR")]
     cmdline: Option<String>,
@@ -107,7 +124,9 @@ fn request(args: CreateArgs) -> Result<CreateRequest> {
         let helper = (prog != "none").then(|| PathBuf::from(prog));
         upcalls.insert(key_type.to_string(), helper);
     }
+    let network = network_request(&args.net, args.ip.as_deref(), &args.publish)?;
     Ok(CreateRequest {
+        network,
         name: args.name,
         kernel: args.kernel,
         initrd: args.initrd,
@@ -128,6 +147,32 @@ fn request(args: CreateArgs) -> Result<CreateRequest> {
     })
 }
 
+/// `--net`, `--ip` and `--publish` as the library's request (`None` for `--net none`).
+fn network_request(
+    net: &str,
+    ip: Option<&str>,
+    publish: &[String],
+) -> Result<Option<network::AttachRequest>> {
+    let publish = publish
+        .iter()
+        .map(|p| p.parse::<Publish>())
+        .collect::<Result<Vec<_>, _>>()?;
+    if net == "none" {
+        if ip.is_some() {
+            return Err(network::NetworkError::AddressWithoutNetwork.into());
+        }
+        if !publish.is_empty() {
+            return Err(network::NetworkError::PublishWithoutNetwork.into());
+        }
+        return Ok(None);
+    }
+    Ok(Some(network::AttachRequest {
+        network: net.to_string(),
+        address: ip.map(network::ipam::parse_address).transpose()?,
+        publish,
+    }))
+}
+
 pub fn run(args: CreateArgs) -> ExitCode {
     match create(args) {
         Ok(()) => ExitCode::SUCCESS,
@@ -143,6 +188,14 @@ fn create(args: CreateArgs) -> Result<()> {
     let vm = prepared.start(|elapsed| {
         eprintln!("capsule: still booting {name} ({} s)", elapsed.as_secs());
     })?;
+    if let Some(att) = vm.network() {
+        eprintln!(
+            "capsule: {} has {} on network {}",
+            vm.name(),
+            att.address,
+            att.network
+        );
+    }
     println!("{}", vm.name());
     Ok(())
 }

@@ -28,23 +28,26 @@ pub fn run(args: LsArgs) -> ExitCode {
 
 fn list_vms() -> Result<()> {
     println!(
-        "{:<20} {:<9} {:<9} {:>4} {:>7}  REASON",
-        "NAME", "STATUS", "BACKEND", "CPUS", "MEMORY"
+        "{:<20} {:<9} {:<9} {:>4} {:>7} {:<15}  REASON",
+        "NAME", "STATUS", "BACKEND", "CPUS", "MEMORY", "ADDRESS"
     );
     for vm in vm::list()? {
         let (phase, reason) = match vm.status {
             Ok(s) => (s.phase.name().to_string(), s.reason.unwrap_or_default()),
             Err(e) => ("unknown".to_string(), e.to_string()),
         };
-        let (backend, cpus, mem) = vm.spec.map_or(("?".into(), "?".into(), "?".into()), |s| {
+        let unknown = || ("?".into(), "?".into(), "?".into(), "?".into());
+        let (backend, cpus, mem, address) = vm.spec.map_or_else(unknown, |s| {
             (
                 s.machine.to_string(),
                 s.cpus.to_string(),
                 format!("{}M", s.memory_mib),
+                s.network
+                    .map_or_else(|| "-".to_string(), |n| n.address.to_string()),
             )
         });
         println!(
-            "{:<20} {phase:<9} {backend:<9} {cpus:>4} {mem:>7}  {reason}",
+            "{:<20} {phase:<9} {backend:<9} {cpus:>4} {mem:>7} {address:<15}  {reason}",
             vm.name
         );
     }

@@ -11,6 +11,7 @@ pub mod key;
 pub mod logs;
 pub mod ls;
 pub mod mount;
+pub mod network;
 pub mod port_forward;
 pub mod ps;
 pub mod rm;

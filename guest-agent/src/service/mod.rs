@@ -1,12 +1,13 @@
 //! The service: one method per RPC, split by family as `agent.proto` and `docs/api.md` are —
 //! health ([`health`]), containers ([`containers`]), processes ([`processes`]), sockets
-//! ([`sockets`]), keys ([`keys`]) — over the container and process tables. It validates every
+//! ([`sockets`]), keys ([`keys`]), network ([`network`]) — over the container and process tables. It validates every
 //! request before the backend sees it and is transport-free, so it is unit-tested with a
 //! test-double backend. What waits for a stream goes to [`crate::attach`], never to the server.
 
 mod containers;
 mod health;
 mod keys;
+mod network;
 mod processes;
 mod sockets;
 #[cfg(test)]
@@ -130,6 +131,7 @@ impl Agent {
             FreezeContainer => freeze_container,
             ThawContainer => thaw_container,
             Shutdown => shutdown,
+            ConfigureNetwork => configure_network,
         }
     }
 

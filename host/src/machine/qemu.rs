@@ -88,6 +88,19 @@ pub fn qemu_args(config: &MachineConfig, accel: Accel, vhost_socket: &Path) -> V
         args.push("-device".into());
         args.push(format!("virtio-blk-device,drive=disk{i}"));
     }
+    for (i, nic) in config.nics.iter().enumerate() {
+        // The host library made the TAP; QEMU only opens it (with a vnet header).
+        args.push("-netdev".into());
+        args.push(format!(
+            "tap,id=net{i},ifname={},script=no,downscript=no,vhost=off",
+            nic.tap
+        ));
+        args.push("-device".into());
+        args.push(format!(
+            "virtio-net-device,netdev=net{i},mac={}",
+            crate::network::ipam::format_mac(&nic.mac)
+        ));
+    }
     args
 }
 
@@ -232,7 +245,10 @@ mod tests {
                 path: PathBuf::from("/img/root.ext4"),
                 read_only: true,
             }],
-            nics: Vec::new(),
+            nics: vec![crate::machine::Nic {
+                tap: "capt0a580002".into(),
+                mac: [0x0a, 0x58, 10, 88, 0, 2],
+            }],
             console: "/s/console.log".into(),
             run_dir: "/s".into(),
         };
@@ -250,5 +266,9 @@ mod tests {
         assert!(args.contains("vhost-user-vsock-device,chardev=vsock"));
         assert!(args.contains("file=/img/root.ext4,format=raw,if=none,readonly=on"));
         assert!(args.contains("-smp 2"));
+        assert!(args.contains(
+            "-netdev tap,id=net0,ifname=capt0a580002,script=no,downscript=no,vhost=off \
+             -device virtio-net-device,netdev=net0,mac=0a:58:0a:58:00:02"
+        ));
     }
 }
