@@ -10,8 +10,10 @@ packages=(
   qemu-system-x86
   # guest userland and image builders
   busybox-static e2fsprogs erofs-utils zstd
-  # hand-testing the vsock Unix socket
+  # hand-testing the vsock Unix socket; the network benchmark's host end
   socat
+  # VM networks: bridges and TAPs (ip), NAT and published ports (nft)
+  iproute2 nftables
   # guest-kernel-config/build.sh keeps the kernel tree in git (pristine + series)
   git
   # the L1 test machine (scripts/build-l1.sh): its kernel is unpacked from an xz bzImage payload

@@ -557,6 +557,122 @@ mod tests {
         std::fs::remove_file(dir).unwrap();
     }
 
+    /// A store in a scratch directory, and VM state directories that exist.
+    struct Scratch(PathBuf);
+
+    impl Scratch {
+        fn new(tag: &str) -> Self {
+            let dir =
+                std::env::temp_dir().join(format!("capsule-net-{tag}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(dir.join("vms")).unwrap();
+            Scratch(dir)
+        }
+
+        fn store(&self) -> Store {
+            Store::new(self.0.join("networks"))
+        }
+
+        fn vm(&self, name: &str) -> PathBuf {
+            let d = self.0.join("vms").join(name);
+            std::fs::create_dir_all(&d).unwrap();
+            d
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn on(network: &str, address: Option<&str>) -> AttachRequest {
+        AttachRequest {
+            network: network.into(),
+            address: address.map(|a| a.parse().unwrap()),
+            publish: Vec::new(),
+        }
+    }
+
+    // Only definitions and leases are touched below: nothing creates links or rules.
+    #[test]
+    fn leases_are_unique_named_and_reclaimed() {
+        let s = Scratch::new("leases");
+        let store = s.store();
+        create(&store, "n", Some("10.77.200.0/30".parse().unwrap())).unwrap();
+        let a = reserve(&store, &on("n", None), "a", &s.vm("a")).unwrap();
+        assert_eq!(a.address, Ipv4Addr::new(10, 77, 200, 2));
+        assert_eq!(a.gateway, Ipv4Addr::new(10, 77, 200, 1));
+        assert_eq!(a.tap, "capt0a4dc802");
+        let full = reserve(&store, &on("n", None), "b", &s.vm("b")).unwrap_err();
+        assert_eq!(
+            full.to_string(),
+            "network n (10.77.200.0/30) has no free address left"
+        );
+        let taken = check(&store, &on("n", Some("10.77.200.2"))).unwrap_err();
+        assert_eq!(
+            taken.to_string(),
+            "address 10.77.200.2 of network n is taken by VM a"
+        );
+        let outside = check(&store, &on("n", Some("10.77.201.2"))).unwrap_err();
+        assert!(
+            outside.to_string().contains("outside network n's subnet"),
+            "{outside}"
+        );
+        let gw = check(&store, &on("n", Some("10.77.200.1"))).unwrap_err();
+        assert!(gw.to_string().contains("the gateway address"), "{gw}");
+        let unknown = check(&store, &on("nope", None)).unwrap_err();
+        assert!(matches!(unknown, NetworkError::Unknown(_)));
+        let in_use = remove(&store, "n").unwrap_err();
+        assert_eq!(
+            in_use.to_string(),
+            "network n is used by VM(s) a: remove them first (`capsule rm`)"
+        );
+        // The VM's state goes (a reboot, or rm): its address is free again.
+        std::fs::remove_dir_all(s.vm("a")).unwrap();
+        let b = reserve(&store, &on("n", None), "b", &s.vm("b")).unwrap();
+        assert_eq!(b.address, a.address);
+    }
+
+    #[test]
+    fn published_ports_are_unique_across_vms() {
+        let s = Scratch::new("publish");
+        let store = s.store();
+        create(&store, "p", Some("10.77.201.0/24".parse().unwrap())).unwrap();
+        let port = {
+            let l = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let mut req = on("p", None);
+        req.publish = vec![format!("{port}:80").parse().unwrap()];
+        reserve(&store, &req, "web", &s.vm("web")).unwrap();
+        let again = check(&store, &req).unwrap_err();
+        assert_eq!(
+            again.to_string(),
+            format!("host port {port}/tcp is already published by VM web")
+        );
+    }
+
+    #[test]
+    fn definitions_refuse_overlaps_and_duplicates() {
+        let s = Scratch::new("define");
+        let store = s.store();
+        let a = create(&store, "a", Some("10.77.202.0/24".parse().unwrap())).unwrap();
+        assert!(a.bridge.starts_with("capsule") && a.bridge.len() <= link::MAX_IFNAME);
+        assert!(matches!(
+            create(&store, "a", None),
+            Err(NetworkError::Exists(_))
+        ));
+        let e = create(&store, "b", Some("10.77.0.0/16".parse().unwrap())).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "subnet 10.77.0.0/16 overlaps network a (10.77.202.0/24)"
+        );
+        let auto = create(&store, "c", None).unwrap();
+        assert_eq!(auto.subnet.prefix(), 24);
+        assert_ne!(auto.bridge, a.bridge);
+    }
+
     #[test]
     fn host_routes_parse_proc_net_route() {
         // Whatever the host has, every parsed route is a valid subnet with prefix >= 8.
