@@ -101,6 +101,7 @@ pub fn supervise(state: &StateDir) -> Result<Phase, SupervisorError> {
         guest_cid: spec.guest_cid,
         disks: spec.disks.clone(),
         nics,
+        netns: spec.network.as_ref().and_then(|n| n.netns.clone()),
         console: state.console_path(),
         run_dir: state.dir().to_path_buf(),
     };

@@ -65,8 +65,8 @@ pub struct CreateRequest {
     /// `<program> helper dns-resolver`); `None` removes a key type's helper.
     pub upcalls: BTreeMap<String, Option<PathBuf>>,
     pub upcall_timeout: Duration,
-    /// The host network to join (`None`: `--net none`).
-    pub network: Option<crate::network::AttachRequest>,
+    /// The host network or namespace to join (`None`: `--net none`).
+    pub network: Option<crate::network::Join>,
     /// Extra guest kernel parameters.
     pub cmdline: String,
     /// How long to wait for the guest agent.
@@ -200,7 +200,7 @@ pub struct Prepared {
     volumes: Vec<(Volume, &'static str)>,
     flags: u32,
     keys: Vec<Key>,
-    network: Option<crate::network::AttachRequest>,
+    network: Option<crate::network::Join>,
     boot_timeout: Duration,
     agent_timeout: Duration,
     program: PathBuf,
@@ -220,7 +220,7 @@ impl Prepared {
         let state = StateDir::create(&default_root(), &name)?;
         if let Some(req) = &self.network {
             let networks = crate::network::store();
-            match crate::network::reserve(&networks, req, &name, state.dir()) {
+            match req.attach(&networks, &name, state.dir()) {
                 Ok(att) => self.spec.network = Some(att),
                 Err(e) => {
                     let _ = state.remove();
@@ -401,7 +401,7 @@ pub fn prepare(req: CreateRequest) -> Result<Prepared, CreateError> {
     };
     spec.check()?;
     if let Some(net) = &req.network {
-        crate::network::check(&crate::network::store(), net)?;
+        net.check(&crate::network::store())?;
     }
     if !req.upcalls.contains_key(DNS_RESOLVER) {
         spec.upcalls

@@ -94,7 +94,8 @@ fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
-/// Modules of the L1 kernel that VM networks use: TAPs, bridges, nftables NAT and fib.
+/// Modules of the L1 kernel that VM networks use: TAPs, bridges, veths, nftables NAT and fib,
+/// tc redirects (`--netns`).
 const L1_NETWORK_MODULES: &str = "tun bridge nf_tables nf_nat nft_chain_nat nft_masq nft_fib_ipv4";
 
 /// The script the L1 runs: load KVM, then `command` (a shell command line) in the current

@@ -332,6 +332,155 @@ fn default_network(backend: Backend) -> Result<(), String> {
     Ok(())
 }
 
+/// A network namespace set up the way CNI does for a pod: a veth whose pod end (eth0, with
+/// 10.77.4.2/24 and a default route) is in the namespace and whose host end has the gateway
+/// address. Removed on drop.
+struct PodNamespace {
+    name: String,
+    host_end: String,
+}
+
+fn ip(args: &[&str]) -> Result<(), String> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| format!("ip: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(())
+}
+
+impl PodNamespace {
+    fn create() -> Result<Self, String> {
+        let id = std::process::id() % 100_000;
+        let ns = PodNamespace {
+            name: format!("capsule-test-pod-{id}"),
+            host_end: format!("ctv{id}"),
+        };
+        let pod_end = format!("ctp{id}");
+        let _ = ip(&["netns", "del", &ns.name]);
+        let _ = ip(&["link", "del", &ns.host_end]);
+        ip(&["netns", "add", &ns.name])?;
+        ip(&[
+            "link",
+            "add",
+            &ns.host_end,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &pod_end,
+        ])?;
+        ip(&["link", "set", &pod_end, "netns", &ns.name])?;
+        let n = ns.name.as_str();
+        ip(&["-n", n, "link", "set", &pod_end, "name", "eth0"])?;
+        ip(&["-n", n, "addr", "add", "10.77.4.2/24", "dev", "eth0"])?;
+        ip(&["-n", n, "link", "set", "eth0", "up"])?;
+        ip(&["-n", n, "link", "set", "lo", "up"])?;
+        ip(&["-n", n, "route", "add", "default", "via", "10.77.4.1"])?;
+        ip(&["addr", "add", "10.77.4.1/24", "dev", &ns.host_end])?;
+        ip(&["link", "set", &ns.host_end, "up"])?;
+        Ok(ns)
+    }
+
+    fn path(&self) -> String {
+        format!("/var/run/netns/{}", self.name)
+    }
+
+    /// `ip -n NS args` output.
+    fn ip_output(&self, args: &[&str]) -> String {
+        Command::new("ip")
+            .args(["-n", &self.name])
+            .args(args)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for PodNamespace {
+    fn drop(&mut self) {
+        let _ = ip(&["netns", "del", &self.name]);
+        let _ = ip(&["link", "del", &self.host_end]);
+    }
+}
+
+/// `--netns`: the container takes the pod interface's address and MAC; it reaches the host
+/// end of the veth and is reached at the pod address; rm takes the TAP and redirect away.
+fn pod_network_namespace(backend: Backend) -> Result<(), String> {
+    let pod = PodNamespace::create()?;
+    let cli = CapsuleCli::new("net-netns")?;
+    let mac = pod
+        .ip_output(&["-br", "link", "show", "eth0"])
+        .split_whitespace()
+        .nth(2)
+        .map(String::from)
+        .ok_or("no MAC for the pod's eth0")?;
+    cli.create(backend, "pod", &["--netns", &pod.path()])?;
+    if address_of(&cli, "pod")? != Ipv4Addr::new(10, 77, 4, 2) {
+        return Err("ls does not show the pod address 10.77.4.2".into());
+    }
+    let shown = exec(&cli, "pod", &["ip", "addr", "show", "eth0"])?;
+    shown.expect_code(0)?;
+    if !shown.stdout.contains("inet 10.77.4.2/24") || !shown.stdout.contains(&mac) {
+        return Err(format!(
+            "eth0 lacks 10.77.4.2/24 or {mac}\n{}",
+            shown.describe()
+        ));
+    }
+    let port = serve_page(
+        (Ipv4Addr::new(10, 77, 4, 1), 0),
+        "hello from the pod's host side\n",
+    )?;
+    exec(
+        &cli,
+        "pod",
+        &["wget", "-qO-", &format!("http://10.77.4.1:{port}/")],
+    )?
+    .expect_code(0)?
+    .expect_stdout("hello from the pod's host side\n")?;
+    start_httpd(&cli, "pod", "served-at-the-pod-address")?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let body = loop {
+        let got = (|| -> std::io::Result<String> {
+            let mut s = TcpStream::connect(("10.77.4.2", 80))?;
+            s.set_read_timeout(Some(Duration::from_secs(20)))?;
+            s.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
+            let mut out = String::new();
+            s.read_to_string(&mut out)?;
+            Ok(out)
+        })();
+        match got {
+            Ok(b) => break b,
+            Err(e) if Instant::now() > deadline => return Err(format!("GET 10.77.4.2:80: {e}")),
+            Err(_) => std::thread::sleep(Duration::from_millis(300)),
+        }
+    };
+    if !body.ends_with("served-at-the-pod-address\n") {
+        return Err(format!("10.77.4.2:80 answered {body:?}"));
+    }
+    cli.run(&["rm", "--force", "pod"])?.expect_code(0)?;
+    let links = pod.ip_output(&["-br", "link"]);
+    if links.contains("capt") {
+        return Err(format!("the VM's TAP is left in the namespace:\n{links}"));
+    }
+    if pod.ip_output(&["-d", "link", "show", "eth0"]).is_empty()
+        || !Command::new("tc")
+            .args(["-n", &pod.name, "filter", "show", "dev", "eth0", "ingress"])
+            .output()
+            .map(|o| o.stdout.is_empty())
+            .unwrap_or(false)
+    {
+        return Err("the pod's eth0 is gone or still has capsule's ingress redirect".into());
+    }
+    Ok(())
+}
+
 fn main() {
     let t = BackendTest::linux;
     run_backend_tests(vec![
@@ -344,6 +493,10 @@ fn main() {
             published_port_answers_on_loopback,
         ),
         t("net_none_has_only_loopback", no_network_has_only_loopback),
+        t(
+            "netns_pod_address_is_the_containers_and_rm_cleans_the_namespace",
+            pod_network_namespace,
+        ),
         t(
             "default_network_address_resolvers_and_hostname",
             default_network,

@@ -82,6 +82,12 @@ pub struct CreateArgs {
     #[arg(long, value_name = "NAME|none", default_value = capsule_host::network::DEFAULT_NETWORK)]
     net: String,
 
+    /// Join the network namespace at PATH instead (one CNI made for a pod, or `ip netns add`):
+    /// the container takes the address and MAC of the interface of its default route, joined
+    /// to the VM's NIC by tc redirects.
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["net", "ip", "publish"])]
+    netns: Option<PathBuf>,
+
     /// The container's IPv4 address on its network (default: the lowest free one).
     #[arg(long, value_name = "ADDR")]
     ip: Option<String>,
@@ -124,7 +130,11 @@ fn request(args: CreateArgs) -> Result<CreateRequest> {
         let helper = (prog != "none").then(|| PathBuf::from(prog));
         upcalls.insert(key_type.to_string(), helper);
     }
-    let network = network_request(&args.net, args.ip.as_deref(), &args.publish)?;
+    let network = match &args.netns {
+        Some(path) => Some(network::Join::Netns(path.clone())),
+        None => network_request(&args.net, args.ip.as_deref(), &args.publish)?
+            .map(network::Join::Network),
+    };
     Ok(CreateRequest {
         network,
         name: args.name,

@@ -29,6 +29,12 @@ pub enum MachineError {
     },
     #[error("the vhost-user vsock backend did not come up at {0}")]
     VhostUser(PathBuf),
+    #[error("cannot enter the network namespace {path}")]
+    Netns {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot open the console log {path}")]
     Console {
         path: PathBuf,
@@ -69,6 +75,9 @@ pub struct MachineConfig {
     pub disks: Vec<Disk>,
     /// Network interfaces, in the order the guest sees them (eth0, eth1, ...).
     pub nics: Vec<Nic>,
+    /// The network namespace the machine runs in, where its TAPs are (`--netns`); `None`: the
+    /// host's.
+    pub netns: Option<PathBuf>,
     /// Where the guest console goes.
     pub console: PathBuf,
     /// Scratch directory for the machine's own sockets.
@@ -185,8 +194,27 @@ impl MachineKind {
     }
 }
 
-/// Runs `config` on a machine of `kind` until the guest ends.
+/// Moves the calling thread (and so what it starts: the VMM's threads, QEMU) into the network
+/// namespace at `path`, where the VM's TAP is.
+fn enter_netns(path: &Path) -> Result<(), MachineError> {
+    use std::os::fd::AsRawFd;
+    let err = |source| MachineError::Netns {
+        path: path.to_path_buf(),
+        source,
+    };
+    let ns = std::fs::File::open(path).map_err(err)?;
+    // SAFETY: setns on a descriptor we hold; it changes only this thread's network namespace.
+    if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        return Err(err(std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+/// Runs `config` on a machine of `kind` until the guest ends, on the calling thread.
 pub fn run(kind: MachineKind, config: &MachineConfig) -> Result<MachineEnd, MachineError> {
+    if let Some(path) = &config.netns {
+        enter_netns(path)?;
+    }
     let (reason, watch) = kind.machine().run(config)?;
     Ok(MachineEnd {
         reason,

@@ -249,6 +249,7 @@ mod tests {
                 tap: "capt0a580002".into(),
                 mac: [0x0a, 0x58, 10, 88, 0, 2],
             }],
+            netns: None,
             console: "/s/console.log".into(),
             run_dir: "/s".into(),
         };

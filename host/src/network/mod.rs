@@ -12,6 +12,7 @@
 pub mod firewall;
 pub mod ipam;
 pub mod link;
+pub mod netns;
 pub mod publish;
 pub mod store;
 
@@ -75,6 +76,8 @@ pub enum NetworkError {
     AddressWithoutNetwork,
     #[error("--publish needs a network (it was given with --net none)")]
     PublishWithoutNetwork,
+    #[error(transparent)]
+    Netns(#[from] netns::NetnsError),
 }
 
 /// A VM's place on a network, kept in its `config.json`.
@@ -90,6 +93,10 @@ pub struct Attachment {
     #[serde(default)]
     pub publish: Vec<Publish>,
     pub mtu: u32,
+    /// A network namespace made by someone else (`--netns`): the VM's TAP is joined to its
+    /// interface (`bridge` names it) and takes its address; no lease, bridge or rule.
+    #[serde(default)]
+    pub netns: Option<PathBuf>,
 }
 
 /// What a create asks of the network.
@@ -98,6 +105,39 @@ pub struct AttachRequest {
     pub network: String,
     pub address: Option<Ipv4Addr>,
     pub publish: Vec<Publish>,
+}
+
+/// Where a new VM's NIC goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Join {
+    /// A capsule network (`--net`).
+    Network(AttachRequest),
+    /// A network namespace made by someone else (`--netns`).
+    Netns(PathBuf),
+}
+
+impl Join {
+    /// Checks without changing anything ([`check`], or the namespace's interface).
+    pub fn check(&self, store: &Store) -> Result<(), NetworkError> {
+        match self {
+            Join::Network(req) => check(store, req),
+            Join::Netns(path) => netns::inspect(path).map(drop).map_err(Into::into),
+        }
+    }
+
+    /// The VM's attachment: a lease on the network ([`reserve`]), or the namespace's
+    /// interface.
+    pub fn attach(
+        &self,
+        store: &Store,
+        vm: &str,
+        state_dir: &Path,
+    ) -> Result<Attachment, NetworkError> {
+        match self {
+            Join::Network(req) => reserve(store, req, vm, state_dir),
+            Join::Netns(path) => netns_attachment(path),
+        }
+    }
 }
 
 /// A network and who uses it, for `capsule network ls`.
@@ -405,12 +445,45 @@ pub fn reserve(
         tap,
         publish: req.publish.clone(),
         mtu: MTU,
+        netns: None,
     })
+}
+
+/// A VM's place in the network namespace at `path` (`--netns`): the interface of its default
+/// route, whose address and MAC the guest takes.
+pub fn netns_attachment(path: &Path) -> Result<Attachment, NetworkError> {
+    let pod = netns::inspect(path)?;
+    Ok(Attachment {
+        network: format!("netns {}", path.display()),
+        bridge: pod.name.clone(),
+        subnet: pod.subnet,
+        address: pod.address,
+        gateway: pod.gateway,
+        mac: pod.mac,
+        tap: tap_name(pod.address),
+        publish: Vec::new(),
+        mtu: pod.mtu,
+        netns: Some(path.to_path_buf()),
+    })
+}
+
+fn pod_interface(att: &Attachment) -> netns::PodInterface {
+    netns::PodInterface {
+        name: att.bridge.clone(),
+        mac: att.mac,
+        address: att.address,
+        subnet: att.subnet,
+        gateway: att.gateway,
+        mtu: att.mtu,
+    }
 }
 
 /// Brings the VM's side up before its machine starts: the bridge (and its rules) if it was
 /// down, the VM's TAP on it, its published ports.
 pub fn activate(store: &Store, att: &Attachment) -> Result<(), NetworkError> {
+    if let Some(path) = &att.netns {
+        return netns::attach(path, &pod_interface(att), &att.tap).map_err(Into::into);
+    }
     let locked = store.lock()?;
     let result = (|| {
         link::bridge_up(&att.bridge, att.gateway, att.subnet.prefix())?;
@@ -428,6 +501,9 @@ pub fn activate(store: &Store, att: &Attachment) -> Result<(), NetworkError> {
 /// Takes the VM's side down once its machine ended: its TAP and ports, and the bridge with its
 /// rules when no other VM of the network runs.
 pub fn deactivate(store: &Store, att: &Attachment) -> Result<(), NetworkError> {
+    if let Some(path) = &att.netns {
+        return netns::detach(path, &pod_interface(att), &att.tap).map_err(Into::into);
+    }
     let locked = store.lock()?;
     set_active(&locked, att, false)?;
     teardown(&locked, att)
@@ -435,6 +511,9 @@ pub fn deactivate(store: &Store, att: &Attachment) -> Result<(), NetworkError> {
 
 /// Gives the VM's address back (at `capsule rm`), after taking its side down.
 pub fn release(store: &Store, att: &Attachment) -> Result<(), NetworkError> {
+    if att.netns.is_some() {
+        return deactivate(store, att);
+    }
     let locked = store.lock()?;
     let _ = set_active(&locked, att, false);
     let down = teardown(&locked, att);
