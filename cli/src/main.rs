@@ -60,6 +60,9 @@ enum Command {
     /// The per-VM supervisor that `create` starts (internal).
     #[command(name = capsule_host::supervisor::SUPERVISE_COMMAND, hide = true)]
     Supervise(commands::SuperviseArgs),
+    /// capsule's VMM as its own process, started by a VM's supervisor (internal).
+    #[command(name = capsule_host::machine::kvm::VMM_COMMAND, hide = true)]
+    Vmm(commands::VmmArgs),
     /// Serve the vsock device to QEMU as a vhost-user-vsock backend.
     VsockBackend(commands::vsock_backend::VsockBackendArgs),
 }
@@ -85,6 +88,7 @@ fn main() -> ExitCode {
         Command::Helper(args) => commands::helper::run(args),
         Command::Image(args) => commands::image::run(args),
         Command::Supervise(args) => commands::supervise(args),
+        Command::Vmm(args) => commands::vmm(args),
         Command::Run(args) => commands::run::run(args),
         Command::VsockBackend(args) => {
             commands::vsock_backend::run(args).unwrap_or_else(|e| commands::fail(&e))

@@ -135,17 +135,13 @@ fn call(sock: &OwnedFd, msg: &[u8]) -> Result<Reply, Errno> {
         return Err(libc::EIO);
     }
     let mut buf = vec![0u8; 8192];
-    loop {
-        let n = sys::read(fd, &mut buf).map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))?;
-        match parse_reply(&buf[..n])? {
-            // A link message is followed by its ack; the index is what was asked for.
-            Reply::Link(index) => {
-                let _ = sys::read(fd, &mut buf);
-                return Ok(Reply::Link(index));
-            }
-            Reply::Ack => return Ok(Reply::Ack),
-        }
+    let n = sys::read(fd, &mut buf).map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))?;
+    let reply = parse_reply(&buf[..n])?;
+    if let Reply::Link(_) = reply {
+        // A link message is followed by its ack; the index is what was asked for.
+        let _ = sys::read(fd, &mut buf);
     }
+    Ok(reply)
 }
 
 /// Moves link `index` into the network namespace of process `pid`, named `name` there.

@@ -17,6 +17,11 @@ const MAX_REASON: usize = 300;
 pub struct PanicWatch(Arc<Mutex<Option<String>>>);
 
 impl PanicWatch {
+    /// A watch that saw `line` (the panic another process's console log recorded).
+    pub fn reported(line: Option<String>) -> Self {
+        PanicWatch(Arc::new(Mutex::new(line)))
+    }
+
     /// The first panic line, e.g. "Kernel panic - not syncing: Attempted to kill init!".
     pub fn panic_line(&self) -> Option<String> {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()

@@ -42,6 +42,13 @@ pub struct VmSpec {
     /// The VM's place on a host network (`None`: `--net none`, only lo in the guest).
     #[serde(default)]
     pub network: Option<crate::network::Attachment>,
+    /// Confine the VMM (seccomp filters; QEMU's sandbox). Off only with `--no-seccomp`.
+    #[serde(default = "confined")]
+    pub seccomp: bool,
+}
+
+fn confined() -> bool {
+    true
 }
 
 /// Why a VM configuration was refused; each error names the setting or file.
@@ -175,6 +182,7 @@ mod tests {
             upcalls: [("dns_resolver".to_string(), PathBuf::from("/bin/h"))].into(),
             upcall_timeout_secs: 10,
             network: None,
+            seccomp: true,
         };
         let text = serde_json::to_string(&spec).unwrap();
         assert!(text.contains("\"backend\":\"qemu-tcg\""));
@@ -202,6 +210,7 @@ mod tests {
             upcalls: BTreeMap::new(),
             upcall_timeout_secs: 10,
             network: None,
+            seccomp: true,
         };
         (spec, dir)
     }

@@ -104,6 +104,7 @@ pub fn supervise(state: &StateDir) -> Result<Phase, SupervisorError> {
         netns: spec.network.as_ref().and_then(|n| n.netns.clone()),
         console: state.console_path(),
         run_dir: state.dir().to_path_buf(),
+        seccomp: spec.seccomp,
     };
     let (done_tx, done_rx) = mpsc::channel::<Result<MachineEnd, MachineError>>();
     let kind = spec.machine;

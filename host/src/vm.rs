@@ -65,6 +65,8 @@ pub struct CreateRequest {
     /// `<program> helper dns-resolver`); `None` removes a key type's helper.
     pub upcalls: BTreeMap<String, Option<PathBuf>>,
     pub upcall_timeout: Duration,
+    /// Confine the VMM (`--no-seccomp` turns it off, for debugging).
+    pub seccomp: bool,
     /// The host network or namespace to join (`None`: `--net none`).
     pub network: Option<crate::network::Join>,
     /// Extra guest kernel parameters.
@@ -398,6 +400,7 @@ pub fn prepare(req: CreateRequest) -> Result<Prepared, CreateError> {
         upcalls,
         upcall_timeout_secs: req.upcall_timeout.as_secs(),
         network: None,
+        seccomp: req.seccomp,
     };
     spec.check()?;
     if let Some(net) = &req.network {

@@ -34,6 +34,7 @@ use crate::exit::ExitReason;
 use crate::kvm_flavor::GuestProfile;
 use crate::loader::{self, KernelEntry, KernelFormat, LoaderError};
 use crate::memory::{self, GuestMemoryMmap, MemoryError};
+use crate::seccomp::{self, ThreadKind};
 use crate::vstate::vcpu::{process_cpu_time, ExitState, Vcpu, VcpuError};
 use crate::vstate::vm::{Vm, VmError};
 
@@ -60,6 +61,8 @@ pub struct VmConfig {
     /// virtio-blk devices, in the order the guest sees them (vda, vdb, ...).
     pub disks: Vec<BlockConfig>,
     pub profile: GuestProfile,
+    /// Run each thread under its seccomp filter (`crate::seccomp`); off only for debugging.
+    pub seccomp: bool,
 }
 
 /// Errors while building a microVM. Each names the input or the step that failed.
@@ -136,6 +139,7 @@ pub struct MicroVm {
     events: EventManager<Subscriber>,
     exit: Arc<ExitState>,
     summary: String,
+    seccomp: bool,
 }
 
 /// Hands out virtio-mmio windows and interrupt lines, and collects their command-line entries.
@@ -446,6 +450,7 @@ impl MicroVm {
             events,
             exit,
             summary,
+            seccomp: config.seccomp,
         })
     }
 
@@ -461,6 +466,12 @@ impl MicroVm {
                 "cannot install the vCPU kick signal handler: {e}"
             ));
         }
+        if self.seccomp {
+            if let Err(e) = seccomp::install_violation_handler() {
+                return ExitReason::VmmError(format!("{e}"));
+            }
+        }
+        let seccomp_on = self.seccomp;
         let mut threads: Vec<JoinHandle<()>> = Vec::new();
         for vcpu in self.vcpus.drain(..) {
             let (io, mmio, mem, exit) = (
@@ -471,7 +482,16 @@ impl MicroVm {
             );
             let spawned = std::thread::Builder::new()
                 .name(format!("capsule-vcpu{}", vcpu.index()))
-                .spawn(move || vcpu.run(&io, &mmio, &mem, &exit));
+                .spawn(move || {
+                    if seccomp_on {
+                        if let Err(e) = seccomp::install(ThreadKind::Vcpu) {
+                            exit.report(ExitReason::VmmError(error_chain(&e)));
+                            exit.request_stop();
+                            return;
+                        }
+                    }
+                    vcpu.run(&io, &mmio, &mem, &exit)
+                });
             match spawned {
                 Ok(handle) => threads.push(handle),
                 Err(e) => {
@@ -483,6 +503,14 @@ impl MicroVm {
             }
         }
         info!("VM running: {}", self.summary);
+        if self.seccomp {
+            if let Err(e) = seccomp::install(ThreadKind::EventLoop) {
+                self.exit.report(ExitReason::VmmError(error_chain(&e)));
+                self.exit.request_stop();
+            }
+        } else {
+            warn!("seccomp filters are off (--no-seccomp): the VMM's threads may make any system call");
+        }
         while !self.exit.stop_requested() {
             if let Err(e) = self.events.run() {
                 self.exit
@@ -520,6 +548,16 @@ where
     mmio_bus.insert(addr, MMIO_WINDOW_SIZE, Arc::new(Mutex::new(transport)))?;
     events.add_subscriber(device);
     Ok(())
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        s += &format!(": {c}");
+        cause = c.source();
+    }
+    s
 }
 
 extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {

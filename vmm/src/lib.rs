@@ -10,4 +10,5 @@ pub mod exit;
 pub mod kvm_flavor;
 pub mod loader;
 pub mod memory;
+pub mod seccomp;
 pub mod vstate;

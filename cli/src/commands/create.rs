@@ -101,6 +101,11 @@ pub struct CreateArgs {
     #[arg(long, value_name = "STR")]
     cmdline: Option<String>,
 
+    /// Run the VMM without its seccomp filters (QEMU: without -sandbox). For debugging only:
+    /// a guest that escapes device emulation then has every system call.
+    #[arg(long)]
+    no_seccomp: bool,
+
     /// Seconds to wait for the guest agent.
     #[arg(long, value_name = "SECS", default_value_t = 180)]
     timeout: u64,
@@ -135,7 +140,11 @@ fn request(args: CreateArgs) -> Result<CreateRequest> {
         None => network_request(&args.net, args.ip.as_deref(), &args.publish)?
             .map(network::Join::Network),
     };
+    if args.no_seccomp {
+        eprintln!("capsule: warning: --no-seccomp: the VMM runs without its seccomp filters");
+    }
     Ok(CreateRequest {
+        seccomp: !args.no_seccomp,
         network,
         name: args.name,
         kernel: args.kernel,

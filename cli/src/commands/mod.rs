@@ -62,6 +62,17 @@ pub struct SuperviseArgs {
     dir: std::path::PathBuf,
 }
 
+#[derive(clap::Args, Debug)]
+pub struct VmmArgs {
+    /// The machine configuration the supervisor wrote.
+    config: std::path::PathBuf,
+}
+
+/// Runs one VM's VMM process; its exit code is the VM's end (`capsule run`'s codes).
+pub fn vmm(args: VmmArgs) -> ExitCode {
+    ExitCode::from(capsule_host::machine::kvm::run_vmm_process(&args.config))
+}
+
 /// Runs the supervisor of one VM; exits 0 when the VM stopped, 3 when it died.
 pub fn supervise(args: SuperviseArgs) -> ExitCode {
     match capsule_host::supervisor::run_process(&args.dir) {

@@ -61,6 +61,10 @@ pub struct RunArgs {
     #[arg(long)]
     no_rng: bool,
 
+    /// Run without the VMM's seccomp filters (for debugging a filter; prints a warning).
+    #[arg(long)]
+    no_seccomp: bool,
+
     /// Attach a raw disk image as a virtio-blk device (vda, vdb, ... in order); append `:ro`
     /// for a read-only device.
     #[arg(long, value_name = "PATH[:ro]")]
@@ -123,6 +127,7 @@ fn build(args: RunArgs) -> anyhow::Result<MicroVm> {
             .map(|path| capsule_vsock::VsockConfig::new(args.vsock_cid, path)),
         disks: args.disk.iter().map(|spec| parse_disk(spec)).collect(),
         profile,
+        seccomp: !args.no_seccomp,
     })?;
     log::info!("{}", vm.summary());
     Ok(vm)

@@ -261,7 +261,8 @@ mod tests {
 
     #[test]
     fn names_the_bad_field() {
-        let cases: Vec<(fn(&mut pb::NetworkInterface), &str)> = vec![
+        type Mutation = fn(&mut pb::NetworkInterface);
+        let cases: Vec<(Mutation, &str)> = vec![
             (|i| i.mac = "0a:58".into(), "interfaces.mac"),
             (
                 |i| i.name = "a-name-much-too-long".into(),

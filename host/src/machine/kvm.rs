@@ -1,4 +1,15 @@
-//! The KVM machine: capsule's own VMM, in this process.
+//! The KVM machine: capsule's own VMM, in a process of its own. The supervisor starts
+//! `<program> __vmm CONFIG` ([`VMM_COMMAND`], answered by [`run_vmm_process`]), which builds
+//! and runs the VM under its seccomp filters and reports how it ended on its stdout; the
+//! supervisor, which runs host programs (upcall helpers) and talks to the host's network, stays
+//! outside those filters.
+
+use std::io::Read;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use serde::{Deserialize, Serialize};
 
 use capsule_vmm::builder::{MicroVm, VmConfig};
 use capsule_vmm::devices::virtio::block::BlockConfig;
@@ -8,16 +19,210 @@ use capsule_vmm::kvm_flavor::{GuestProfile, KvmFlavor};
 use super::{Machine, MachineConfig, MachineError};
 use crate::console::PanicWatch;
 
-/// capsule's VMM, run on a thread of the calling process.
+/// The hidden subcommand a front end's program answers with [`run_vmm_process`].
+pub const VMM_COMMAND: &str = "__vmm";
+
+/// What the VMM process prints when a seccomp filter stopped it (see
+/// `capsule_vmm::seccomp`); the system call number follows.
+pub const SECCOMP_VIOLATION: &str = "seccomp violation: system call";
+
+/// capsule's VMM, run in a child process.
 pub struct KvmMachine;
 
 impl Machine for KvmMachine {
     fn run(&self, config: &MachineConfig) -> Result<(ExitReason, PanicWatch), MachineError> {
-        run(config)
+        run_child(config)
     }
 }
 
-/// Builds the VM for `config` and runs it until the guest ends.
+/// How the VMM process ended, as it reports it on its stdout (one JSON line).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "end")]
+enum Report {
+    Reboot,
+    PowerOff,
+    TripleFault {
+        vcpu: u8,
+    },
+    GuestCrash {
+        vcpu: u8,
+    },
+    KvmInternalError {
+        vcpu: u8,
+        suberror: u32,
+        rip: Option<u64>,
+        insn: Vec<u8>,
+    },
+    VmmError {
+        message: String,
+    },
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Ended {
+    #[serde(flatten)]
+    report: Report,
+    panic: Option<String>,
+}
+
+impl From<&ExitReason> for Report {
+    fn from(r: &ExitReason) -> Self {
+        match r.clone() {
+            ExitReason::Reboot => Report::Reboot,
+            ExitReason::PowerOff => Report::PowerOff,
+            ExitReason::TripleFault { vcpu } => Report::TripleFault { vcpu },
+            ExitReason::GuestCrash { vcpu } => Report::GuestCrash { vcpu },
+            ExitReason::KvmInternalError {
+                vcpu,
+                suberror,
+                rip,
+                insn,
+            } => Report::KvmInternalError {
+                vcpu,
+                suberror,
+                rip,
+                insn,
+            },
+            ExitReason::VmmError(message) => Report::VmmError { message },
+        }
+    }
+}
+
+impl From<Report> for ExitReason {
+    fn from(r: Report) -> Self {
+        match r {
+            Report::Reboot => ExitReason::Reboot,
+            Report::PowerOff => ExitReason::PowerOff,
+            Report::TripleFault { vcpu } => ExitReason::TripleFault { vcpu },
+            Report::GuestCrash { vcpu } => ExitReason::GuestCrash { vcpu },
+            Report::KvmInternalError {
+                vcpu,
+                suberror,
+                rip,
+                insn,
+            } => ExitReason::KvmInternalError {
+                vcpu,
+                suberror,
+                rip,
+                insn,
+            },
+            Report::VmmError { message } => ExitReason::VmmError(message),
+        }
+    }
+}
+
+/// Why the VMM process ended, from its status and what it printed.
+fn reason_of(status: std::process::ExitStatus, out: &str) -> (ExitReason, Option<String>) {
+    let line = out
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("");
+    if let Some(rest) = line.strip_prefix(SECCOMP_VIOLATION) {
+        return (
+            ExitReason::VmmError(format!(
+                "the VMM was stopped by its seccomp filter: {SECCOMP_VIOLATION}{rest}"
+            )),
+            None,
+        );
+    }
+    if let Ok(ended) = serde_json::from_str::<Ended>(line) {
+        return (ended.report.into(), ended.panic);
+    }
+    let how = match (status.code(), status.signal()) {
+        (_, Some(sig)) if sig == libc::SIGSYS => {
+            "was killed by SIGSYS (a seccomp violation)".to_string()
+        }
+        (_, Some(sig)) => format!("was killed by signal {sig}"),
+        (Some(code), _) => format!("exited with status {code} without a report"),
+        _ => "ended without a report".to_string(),
+    };
+    (ExitReason::VmmError(format!("the VMM process {how}")), None)
+}
+
+/// Starts the VMM process for `config` and waits for it.
+fn run_child(config: &MachineConfig) -> Result<(ExitReason, PanicWatch), MachineError> {
+    let spawn = |source| MachineError::Spawn {
+        what: "the VMM process",
+        source,
+    };
+    let program = std::env::current_exe().map_err(spawn)?;
+    let path = config.run_dir.join("vmm.json");
+    let json = serde_json::to_vec(config).expect("a machine config serializes");
+    std::fs::write(&path, json).map_err(spawn)?;
+    let mut cmd = Command::new(program);
+    cmd.arg(VMM_COMMAND)
+        .arg(&path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe: the VMM gets SIGKILL when the
+    // thread that started it (and so the supervisor) dies, even by SIGKILL.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().map_err(spawn)?;
+    let mut out = String::new();
+    if let Some(mut stdout) = child.stdout.take() {
+        let _ = stdout.read_to_string(&mut out);
+    }
+    let status = child.wait().map_err(spawn)?;
+    let (reason, panic) = reason_of(status, &out);
+    Ok((reason, PanicWatch::reported(panic)))
+}
+
+/// The VMM process (`<program> __vmm CONFIG`): runs the VM of the machine configuration in the
+/// JSON file `config` and prints how it ended. Returns the process's exit code.
+pub fn run_vmm_process(config: &Path) -> u8 {
+    let config: MachineConfig = match std::fs::read(config)
+        .map_err(|e| e.to_string())
+        .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+    {
+        Ok(c) => c,
+        Err(e) => {
+            report(&Ended {
+                report: Report::VmmError {
+                    message: format!("cannot read the machine configuration: {e}"),
+                },
+                panic: None,
+            });
+            return capsule_vmm::exit::code::VMM_ERROR;
+        }
+    };
+    // A violation is reported on stdout, the supervisor's pipe, like every other end.
+    capsule_vmm::seccomp::report_violations_to(1);
+    let (reason, panic) = match run(&config) {
+        Ok((reason, watch)) => (reason, watch.panic_line()),
+        Err(e) => (ExitReason::VmmError(error_chain(&e)), None),
+    };
+    report(&Ended {
+        report: Report::from(&reason),
+        panic,
+    });
+    reason.exit_code()
+}
+
+fn report(ended: &Ended) {
+    println!(
+        "{}",
+        serde_json::to_string(ended).expect("a report serializes")
+    );
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        s += &format!(": {c}");
+        cause = c.source();
+    }
+    s
+}
+
+/// Builds the VM for `config` and runs it until the guest ends, in this process.
 fn run(config: &MachineConfig) -> Result<(ExitReason, PanicWatch), MachineError> {
     let console = super::open_console(&config.console)?;
     let watch = console.watch();
@@ -45,6 +250,56 @@ fn run(config: &MachineConfig) -> Result<(ExitReason, PanicWatch), MachineError>
             })
             .collect(),
         profile: GuestProfile::for_flavor(KvmFlavor::detect()),
+        seccomp: config.seccomp,
     })?;
     Ok((vm.run(), watch))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exited(code: i32) -> std::process::ExitStatus {
+        std::process::ExitStatus::from_raw(code << 8)
+    }
+
+    #[test]
+    fn reports_round_trip() {
+        let reason = ExitReason::KvmInternalError {
+            vcpu: 1,
+            suberror: 1,
+            rip: Some(0x1000),
+            insn: vec![0x0f, 0x0b],
+        };
+        let line = serde_json::to_string(&Ended {
+            report: Report::from(&reason),
+            panic: Some("Kernel panic - not syncing: x".into()),
+        })
+        .unwrap();
+        let (back, panic) = reason_of(exited(4), &format!("noise\n{line}\n"));
+        assert_eq!(back, reason);
+        assert_eq!(panic.as_deref(), Some("Kernel panic - not syncing: x"));
+    }
+
+    #[test]
+    fn seccomp_violations_and_silent_deaths_are_named() {
+        let (r, _) = reason_of(
+            std::process::ExitStatus::from_raw(libc::SIGSYS),
+            "seccomp violation: system call 59\n",
+        );
+        assert_eq!(
+            r.to_string(),
+            "VMM error: the VMM was stopped by its seccomp filter: seccomp violation: system \
+             call 59"
+        );
+        let (r, _) = reason_of(std::process::ExitStatus::from_raw(libc::SIGKILL), "");
+        assert_eq!(
+            r.to_string(),
+            "VMM error: the VMM process was killed by signal 9"
+        );
+        let (r, _) = reason_of(exited(1), "");
+        assert!(r
+            .to_string()
+            .contains("exited with status 1 without a report"));
+    }
 }

@@ -60,7 +60,7 @@ pub struct Nic {
 }
 
 /// What to run, independent of the machine.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct MachineConfig {
     pub kernel: PathBuf,
     pub initrd: Option<PathBuf>,
@@ -82,6 +82,13 @@ pub struct MachineConfig {
     pub console: PathBuf,
     /// Scratch directory for the machine's own sockets.
     pub run_dir: PathBuf,
+    /// Confine the VMM with its seccomp filters (capsule's VMM) or QEMU's sandbox.
+    #[serde(default = "default_true")]
+    pub seccomp: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 /// Which machine runs a guest (`backend` in a VM's `config.json`).

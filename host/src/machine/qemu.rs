@@ -55,6 +55,17 @@ pub fn qemu_args(config: &MachineConfig, accel: Accel, vhost_socket: &Path) -> V
     .iter()
     .map(|s| s.to_string())
     .collect();
+    if config.seccomp {
+        // QEMU's own seccomp filter: no obsolete calls, no setuid, no fork/exec, no scheduler
+        // or resource changes.
+        args.extend(
+            [
+                "-sandbox",
+                "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
+            ]
+            .map(String::from),
+        );
+    }
     match accel {
         Accel::Tcg => args.extend(["-accel", "tcg", "-cpu", "max"].map(String::from)),
         Accel::Kvm => args.extend(["-accel", "kvm", "-cpu", "host"].map(String::from)),
@@ -252,6 +263,7 @@ mod tests {
             netns: None,
             console: "/s/console.log".into(),
             run_dir: "/s".into(),
+            seccomp: true,
         };
         let args = qemu_args(&config, Accel::Tcg, Path::new("/s/vhost.sock")).join(" ");
         assert!(args.contains("memory-backend-memfd,id=mem,size=256M,share=on"));
@@ -260,6 +272,9 @@ mod tests {
             "QEMU only announces virtio-mmio devices without ACPI"
         );
         assert!(args.contains("-no-reboot"));
+        assert!(args.contains(
+            "-sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
+        ));
         assert!(args.contains("-accel tcg -cpu max"));
         assert!(
             args.contains("-append console=ttyS0 reboot=t panic=1 pci=off no_timer_check quiet")
