@@ -37,6 +37,9 @@ pub struct NetCounters {
     pub rx_bytes: u64,
     pub tx_packets: u64,
     pub tx_bytes: u64,
+    /// Received frames read from the TAP straight into guest buffers (the others went
+    /// through the host buffer).
+    pub rx_direct: u64,
     /// Times a transmit waited because the TAP was full (not a drop).
     pub tx_tap_full: u64,
     pub tx_bad_chain: u64,

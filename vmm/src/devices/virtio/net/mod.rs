@@ -115,6 +115,7 @@ pub struct Net {
     rx_buf: Box<[u8]>,
     rx_len: Option<usize>,
     rx_used: Vec<(u16, u32)>,
+    rx_direct: rx::DirectScratch,
     /// The guest had no receive buffers: input on the TAP is not watched until it posts some.
     rx_waiting: bool,
     /// The TAP was full: output is watched until it is writable.
@@ -179,6 +180,7 @@ impl Net {
             rx_buf: vec![0u8; HDR_LEN + MAX_FRAME_LEN].into_boxed_slice(),
             rx_len: None,
             rx_used: Vec::with_capacity(usize::from(QUEUE_SIZE)),
+            rx_direct: rx::DirectScratch::default(),
             rx_waiting: false,
             tx_waiting: false,
             tap_interest: None,
@@ -187,8 +189,9 @@ impl Net {
         })
     }
 
-    pub fn tap_name(&self) -> &str {
-        self.tap.name()
+    /// The TAP, for benches and diagnostics (its fd can be polled).
+    pub fn tap(&self) -> &Tap {
+        &self.tap
     }
 
     pub fn counters(&self) -> NetCounters {
@@ -226,6 +229,31 @@ impl Net {
                     if !rx::has_buffers(queue, mem) {
                         self.rx_waiting = true;
                         break;
+                    }
+                    let direct = rx::read_direct(
+                        &self.tap,
+                        mem,
+                        queue,
+                        mergeable,
+                        guest_csum,
+                        &mut self.rx_direct,
+                    );
+                    match direct {
+                        rx::Direct::Delivered(n) => {
+                            self.counters.rx_direct += 1;
+                            self.counters.rx_packets += 1;
+                            self.counters.rx_bytes += (n - HDR_LEN) as u64;
+                            used_any = true;
+                            continue;
+                        }
+                        rx::Direct::Tap(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        rx::Direct::Tap(e) => {
+                            self.counters.count_drop(DropReason::RxTapError);
+                            let tap = self.tap.name();
+                            self.log.warn(tap, || format!("cannot read the TAP: {e}"));
+                            break;
+                        }
+                        rx::Direct::Fallback => {}
                     }
                     match self.tap.read(&mut self.rx_buf) {
                         Ok(n) if n >= HDR_LEN => n,

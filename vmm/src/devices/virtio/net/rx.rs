@@ -2,17 +2,26 @@
 //! the guest's receive chains as it needs. With VIRTIO_NET_F_MRG_RXBUF that may be several,
 //! and the header's `num_buffers` says how many; without it the frame must fit one chain.
 //!
-//! When the guest has not posted enough buffers yet, nothing is returned: the queue is
-//! rewound and the frame waits in the host buffer until the guest adds buffers.
+//! Two ways in:
+//! - direct ([`read_direct`]): when the guest's posted buffers have room for the largest
+//!   frame (the usual case: a Linux guest keeps 256 mergeable buffers posted), the frame is
+//!   read from the TAP straight into them with one `readv`; the chains it did not fill are
+//!   given back to the ring. No host copy.
+//! - through the host buffer ([`deliver`]): otherwise (few or small buffers, or a chain the
+//!   device refuses), the frame is read into a host buffer and then scattered; when the guest
+//!   has not posted enough buffers yet, nothing is returned: the queue is rewound and the
+//!   frame waits in the host buffer until the guest adds buffers.
 
+use std::io;
 use std::sync::atomic::Ordering;
 
 use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend};
 
 use super::counters::DropReason;
-use super::header::NUM_BUFFERS_OFFSET;
-use super::MAX_CHAIN_DESCS;
+use super::header::{HDR_LEN, NUM_BUFFERS_OFFSET};
+use super::tap::Tap;
+use super::{MAX_CHAIN_DESCS, MAX_FRAME_LEN};
 use crate::memory::GuestMemoryMmap;
 
 /// What became of one frame.
@@ -139,4 +148,152 @@ pub fn deliver(
         let _ = queue.add_used(mem, head, len);
     }
     RxOutcome::Delivered(count)
+}
+
+/// What the direct path did.
+#[derive(Debug)]
+pub enum Direct {
+    /// A frame of this many bytes (header included) went straight into the guest.
+    Delivered(usize),
+    /// The posted buffers are too few, too small or refused: use [`deliver`].
+    Fallback,
+    /// The TAP had nothing (WouldBlock) or failed; nothing was taken from the queue.
+    Tap(io::Error),
+}
+
+/// Scratch space of the direct path, kept between frames.
+#[derive(Debug, Default)]
+pub struct DirectScratch {
+    /// Guest buffers, chain after chain.
+    segs: Vec<(GuestAddress, u32)>,
+    /// Per chain: head index and room.
+    chains: Vec<(u16, usize)>,
+}
+
+/// Takes chains until they have room for the largest frame; None (queue rewound) when they
+/// do not, or when one of them is refused.
+fn collect(
+    mem: &GuestMemoryMmap,
+    queue: &mut Queue,
+    mergeable: bool,
+    scratch: &mut DirectScratch,
+) -> Option<()> {
+    scratch.segs.clear();
+    scratch.chains.clear();
+    let need = HDR_LEN + MAX_FRAME_LEN;
+    let mut room = 0usize;
+    while room < need {
+        if scratch.chains.len() >= usize::from(queue.size())
+            || (!mergeable && !scratch.chains.is_empty())
+        {
+            return None;
+        }
+        let chain = queue.pop_descriptor_chain(mem)?;
+        let head = chain.head_index();
+        let mut chain_room = 0usize;
+        for (count, desc) in chain.enumerate() {
+            let len = desc.len();
+            if count == MAX_CHAIN_DESCS
+                || !desc.is_write_only()
+                || (len > 0 && !mem.check_range(desc.addr(), len as usize))
+            {
+                return None;
+            }
+            chain_room += len as usize;
+            scratch.segs.push((desc.addr(), len));
+        }
+        if chain_room == 0 {
+            return None;
+        }
+        scratch.chains.push((head, chain_room));
+        room += chain_room;
+    }
+    Some(())
+}
+
+/// Reads the next frame from `tap` straight into the guest's buffers when they have room for
+/// any frame. `guest_csum` false clears the header's flags (the guest did not accept
+/// checksum offload, so it gets no DATA_VALID).
+pub fn read_direct(
+    tap: &Tap,
+    mem: &GuestMemoryMmap,
+    queue: &mut Queue,
+    mergeable: bool,
+    guest_csum: bool,
+    scratch: &mut DirectScratch,
+) -> Direct {
+    let start = queue.next_avail();
+    if collect(mem, queue, mergeable, scratch).is_none() {
+        queue.set_next_avail(start);
+        return Direct::Fallback;
+    }
+    let mut iovs: Vec<libc::iovec> = Vec::with_capacity(scratch.segs.len() + 2);
+    let mut guards = Vec::with_capacity(scratch.segs.len() + 2);
+    for &(addr, len) in &scratch.segs {
+        for slice in mem.get_slices(addr, len as usize) {
+            let Ok(slice) = slice else {
+                queue.set_next_avail(start);
+                return Direct::Fallback;
+            };
+            let guard = slice.ptr_guard_mut();
+            iovs.push(libc::iovec {
+                iov_base: guard.as_ptr().cast(),
+                iov_len: slice.len(),
+            });
+            guards.push(guard);
+        }
+    }
+    // SAFETY: every iovec points into a guest memory slice that `guards` keeps mapped, with
+    // that slice's length; the guest gave these buffers to the device for writing.
+    let read = unsafe { tap.readv(&iovs) };
+    drop(guards);
+    let n = match read {
+        Ok(n) if n >= HDR_LEN => n,
+        Ok(n) => {
+            queue.set_next_avail(start);
+            return Direct::Tap(io::Error::other(format!("{n}-byte read")));
+        }
+        Err(e) => {
+            queue.set_next_avail(start);
+            return Direct::Tap(e);
+        }
+    };
+    // The frame filled the first chains in order; the rest go back to the ring.
+    let mut left = n;
+    let mut used = 0usize;
+    for &(_, room) in &scratch.chains {
+        if left == 0 {
+            break;
+        }
+        left -= room.min(left);
+        used += 1;
+    }
+    queue.set_next_avail(start.wrapping_add(used as u16));
+    // The header starts the first chain's buffers, possibly split over its descriptors.
+    let count = (used as u16).to_le_bytes();
+    let all = [
+        (NUM_BUFFERS_OFFSET, count[0]),
+        (NUM_BUFFERS_OFFSET + 1, count[1]),
+        (0, 0), // flags
+    ];
+    let patches = if guest_csum { &all[..2] } else { &all[..] };
+    for &(pos, byte) in patches {
+        let mut at = pos;
+        for &(addr, len) in &scratch.segs {
+            if at < len as usize {
+                if let Some(a) = addr.checked_add(at as u64) {
+                    let _ = mem.write_obj(byte, a);
+                }
+                break;
+            }
+            at -= len as usize;
+        }
+    }
+    let mut left = n;
+    for &(head, room) in &scratch.chains[..used] {
+        let len = room.min(left);
+        left -= len;
+        let _ = queue.add_used(mem, head, len as u32);
+    }
+    Direct::Delivered(n)
 }

@@ -213,6 +213,29 @@ impl Tap {
         }
     }
 
+    /// Reads one frame (with its virtio-net header) into the pieces `iovs`, in order;
+    /// WouldBlock when none waits. A frame longer than the pieces is lost, so they must have
+    /// room for the largest frame.
+    ///
+    /// # Safety
+    /// Every iovec must point to memory writable for its length for the duration of the call.
+    pub unsafe fn readv(&self, iovs: &[libc::iovec]) -> io::Result<usize> {
+        let count = libc::c_int::try_from(iovs.len())
+            .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        loop {
+            // SAFETY: the caller guarantees the iovecs; `count` of them are valid from the
+            // pointer. The kernel writes only within them.
+            let n = unsafe { libc::readv(self.file.as_raw_fd(), iovs.as_ptr(), count) };
+            if n >= 0 {
+                return Ok(n as usize);
+            }
+            let err = io::Error::last_os_error();
+            if err.kind() != io::ErrorKind::Interrupted {
+                return Err(err);
+            }
+        }
+    }
+
     /// Writes one frame given as pieces (header first); WouldBlock when the TAP is full.
     ///
     /// # Safety

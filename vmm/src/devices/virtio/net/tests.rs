@@ -788,6 +788,69 @@ fn rx_frame_spans_mergeable_buffers_and_waits_for_more() {
             assert!(h.dev.process_rx());
             assert_eq!(h.rx.take_used(), vec![(3, (HDR_LEN + 64) as u32)]);
             assert_eq!(h.dev.counters().rx_packets, 2);
+            assert_eq!(
+                h.dev.counters().rx_direct,
+                0,
+                "too little room: the host buffer"
+            );
+        },
+    );
+}
+
+#[test]
+fn rx_reads_straight_into_guest_buffers_with_room_for_any_frame() {
+    with_tap(
+        "rx_reads_straight_into_guest_buffers_with_room_for_any_frame",
+        |tap| {
+            let wire = Wire::new(tap, false).unwrap();
+            let mem = memory();
+            // Checksum offload not accepted: the kernel's flags must not reach the guest.
+            let features = LINUX_FEATURES
+                & !(1 << VIRTIO_NET_F_GUEST_CSUM
+                    | 1 << VIRTIO_NET_F_GUEST_TSO4
+                    | 1 << VIRTIO_NET_F_GUEST_TSO6);
+            let mut h = Harness::new(&mem, open(tap), features);
+            // 21 x 4 KiB: room for the largest frame even after the first two frames, so
+            // no host copy.
+            let bufs = h.post_rx(21, 4096);
+            for at in &bufs {
+                mem.write_slice(&[0xee; 16], GuestAddress(*at)).unwrap();
+            }
+            let (f1, f2, f3) = (frame(3000, 10), frame(9000, 11), frame(60, 12));
+            for f in [&f1, &f2, &f3] {
+                wire.inject(None, f);
+            }
+            wait_readable(&h.dev.tap);
+            assert!(h.dev.process_rx());
+            let used = h.rx.take_used();
+            assert_eq!(
+                used,
+                vec![
+                    (0, 3012),
+                    (1, 4096),
+                    (2, 4096),
+                    (3, (HDR_LEN + 9000 - 8192) as u32),
+                    (4, 72)
+                ],
+                "each frame takes the chains it fills; the others go back to the ring"
+            );
+            let header = |at: u64| {
+                let mut hb = [0u8; HDR_LEN];
+                hb.copy_from_slice(&h.read(at, HDR_LEN));
+                VnetHeader::from_bytes(&hb)
+            };
+            assert_eq!(header(bufs[0]).num_buffers, 1);
+            assert_eq!(header(bufs[1]).num_buffers, 3);
+            assert_eq!(header(bufs[4]).num_buffers, 1);
+            assert_eq!(header(bufs[1]).flags, 0);
+            assert_eq!(h.read(bufs[0] + HDR_LEN as u64, 3000), f1);
+            let mut got = h.read(bufs[1] + HDR_LEN as u64, 4096 - HDR_LEN);
+            got.extend(h.read(bufs[2], 4096));
+            got.extend(h.read(bufs[3], 9000 + HDR_LEN - 8192));
+            assert_eq!(got, f2);
+            let c = h.dev.counters();
+            assert_eq!((c.rx_packets, c.rx_bytes, c.dropped()), (3, 12060, 0));
+            assert_eq!(c.rx_direct, 3, "no frame went through the host buffer");
         },
     );
 }
