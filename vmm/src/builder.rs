@@ -27,6 +27,7 @@ use crate::devices::virtio::block::{Block, BlockConfig, BlockError};
 use crate::devices::virtio::mmio::{
     MmioError, MmioTransport, MMIO_WINDOW_SIZE, QUEUE_NOTIFY_OFFSET,
 };
+use crate::devices::virtio::net::{Net, NetConfig, NetError};
 use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::vsock::Vsock;
 use crate::devices::virtio::{IrqTrigger, VirtioDevice};
@@ -60,6 +61,9 @@ pub struct VmConfig {
     pub vsock: Option<capsule_vsock::VsockConfig>,
     /// virtio-blk devices, in the order the guest sees them (vda, vdb, ...).
     pub disks: Vec<BlockConfig>,
+    /// virtio-net devices on existing host TAPs, in the order the guest names them (eth0,
+    /// eth1, ...).
+    pub nics: Vec<NetConfig>,
     pub profile: GuestProfile,
     /// Run each thread under its seccomp filter (`crate::seccomp`); off only for debugging.
     pub seccomp: bool,
@@ -108,6 +112,8 @@ pub enum BuildError {
     Vsock(#[source] capsule_vsock::muxer::MuxerError),
     #[error("cannot attach a virtio-blk disk")]
     Disk(#[source] BlockError),
+    #[error("cannot attach a virtio-net interface")]
+    Nic(#[source] NetError),
 }
 
 type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
@@ -368,6 +374,18 @@ impl MicroVm {
                 &mut events,
                 &mut slots,
                 Arc::new(Mutex::new(block)),
+            )?;
+        }
+        // Linux probes virtio-mmio devices in command-line order, so eth0 is the first nic.
+        for nic in &config.nics {
+            let net = Net::new(nic).map_err(BuildError::Nic)?;
+            attach_virtio(
+                &vm,
+                &mem,
+                &mut mmio_bus,
+                &mut events,
+                &mut slots,
+                Arc::new(Mutex::new(net)),
             )?;
         }
 

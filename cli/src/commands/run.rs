@@ -126,6 +126,7 @@ fn build(args: RunArgs) -> anyhow::Result<MicroVm> {
             .vsock_uds
             .map(|path| capsule_vsock::VsockConfig::new(args.vsock_cid, path)),
         disks: args.disk.iter().map(|spec| parse_disk(spec)).collect(),
+        nics: Vec::new(),
         profile,
         seccomp: !args.no_seccomp,
     })?;

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use capsule_vmm::builder::{MicroVm, VmConfig};
 use capsule_vmm::devices::virtio::block::BlockConfig;
+use capsule_vmm::devices::virtio::net::NetConfig;
 use capsule_vmm::exit::ExitReason;
 use capsule_vmm::kvm_flavor::{GuestProfile, KvmFlavor};
 
@@ -247,6 +248,14 @@ fn run(config: &MachineConfig) -> Result<(ExitReason, PanicWatch), MachineError>
                 read_only: d.read_only,
                 direct: false,
                 id: None,
+            })
+            .collect(),
+        nics: config
+            .nics
+            .iter()
+            .map(|n| NetConfig {
+                tap: n.tap.clone(),
+                mac: n.mac,
             })
             .collect(),
         profile: GuestProfile::for_flavor(KvmFlavor::detect()),

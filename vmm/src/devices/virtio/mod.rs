@@ -7,6 +7,7 @@
 
 pub mod block;
 pub mod mmio;
+pub mod net;
 pub mod rng;
 pub mod single_queue;
 pub mod vsock;
@@ -21,6 +22,7 @@ use crate::memory::GuestMemoryMmap;
 
 /// Device ids from the virtio specification, section 5.
 pub mod device_type {
+    pub const NET: u32 = 1;
     pub const BLOCK: u32 = 2;
     pub const RNG: u32 = 4;
     pub const VSOCK: u32 = 19;
