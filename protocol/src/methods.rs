@@ -59,6 +59,12 @@ methods! {
         FreezeContainer(ContainerRef) -> Empty;
         ThawContainer(ContainerRef) -> Empty;
         Shutdown(ShutdownRequest) -> Empty;
+        SetNamespaces(SetNamespacesRequest) -> Empty;
+        RebootContainer(ContainerRef) -> RebootContainerResponse;
+        SetCgroup(SetCgroupRequest) -> Empty;
+        SetRoot(SetRootRequest) -> Empty;
+        SetPolicy(SetPolicyRequest) -> Empty;
+        SetDevices(SetDevicesRequest) -> Empty;
     }
     UPCALL_SERVICE {
         RequestKey(UpcallRequest) -> UpcallResponse;
