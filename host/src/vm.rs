@@ -57,6 +57,8 @@ pub struct CreateRequest {
     pub volumes: Vec<Volume>,
     /// container_create() flags ([`capsule_protocol::container::flags`]).
     pub flags: u32,
+    /// The devices the container's members may open (empty: no list).
+    pub devices: Vec<pb::DeviceRule>,
     pub keys: Vec<Key>,
     pub cpus: u32,
     pub memory_mib: u64,
@@ -188,6 +190,7 @@ pub struct Prepared {
     rootfs: Option<(&'static str, bool)>,
     volumes: Vec<(Volume, &'static str)>,
     flags: u32,
+    devices: Vec<pb::DeviceRule>,
     keys: Vec<Key>,
     boot_timeout: Duration,
     agent_timeout: Duration,
@@ -251,6 +254,8 @@ impl Prepared {
                 root_fstype,
                 root_options,
                 hostname: String::new(),
+                share_ns: Vec::new(),
+                devices: self.devices.clone(),
             })
             .map_err(|source| {
                 Box::new(SetupError::Container {
@@ -370,6 +375,7 @@ pub fn prepare(req: CreateRequest) -> Result<Prepared, CreateError> {
         rootfs: rootfs_type.map(|t| (t, req.rootfs_writable)),
         volumes,
         flags: req.flags,
+        devices: req.devices,
         keys: req.keys,
         boot_timeout: req.boot_timeout,
         agent_timeout: req.agent_timeout,

@@ -16,7 +16,8 @@ use super::MachineArg;
 #[command(
     after_help = "Examples:\n  capsule create demo\n  capsule create web --rootfs root.ext4 \
     --volume data.ext4:/data --memory 512\n  capsule create db --key user:db-password=./secret \
-    --upcall dns_resolver=/usr/local/bin/my-resolver"
+    --upcall dns_resolver=/usr/local/bin/my-resolver\n  capsule create sandbox --devices \
+    'c 1:3,c 1:5,c 1:8,c 1:9,c 5:0,c 136:*'\n\nFurther containers in the VM: `capsule container add`."
 )]
 pub struct CreateArgs {
     /// Name of the VM and of its container (1-63 of [A-Za-z0-9_.-]).
@@ -47,6 +48,9 @@ pub struct CreateArgs {
     /// pid, net, kill-on-close, cloexec) or a number.
     #[arg(long, default_value = DEFAULT_FLAGS)]
     flags: String,
+
+    #[arg(long, value_name = "RULES", help = common::DEVICES_HELP)]
+    devices: Option<String>,
 
     /// Number of vCPUs.
     #[arg(long, default_value_t = 1)]
@@ -86,6 +90,10 @@ pub struct CreateArgs {
 /// Turns the arguments into a request; the library checks it before booting anything.
 fn request(args: CreateArgs) -> Result<CreateRequest> {
     let flags = common::parse_flags(&args.flags)?;
+    let devices = match &args.devices {
+        Some(spec) => common::parse_devices("--devices", spec)?,
+        None => Vec::new(),
+    };
     let keys = args
         .keys
         .iter()
@@ -115,6 +123,7 @@ fn request(args: CreateArgs) -> Result<CreateRequest> {
         rootfs_writable: args.rootfs_rw,
         volumes,
         flags,
+        devices,
         keys,
         cpus: args.cpus,
         memory_mib: args.memory,
