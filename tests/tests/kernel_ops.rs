@@ -4,8 +4,10 @@
 //! per-container LSM policy and device lists, each with the errors a user meets, and
 //! `/proc/containers` (`capsule ls VM`) read back after each operation.
 //!
-//! Acting from inside a container through `CONTAINER_FD_CURRENT` has no capsule command (no
-//! shipped helper uses it); the kernel selftests (`container_reboot_test`) cover it.
+//! From inside, `reboot -f` in a container restarts it (the kernel leaves it "rebooting", the
+//! agent starts a fresh init). `CONTAINER_FD_CURRENT` (kill/freeze/thaw of one's own
+//! container) has no capsule command (no shipped helper uses it); the kernel selftests
+//! (`container_reboot_test`) cover it.
 
 use capsule_tests::cli::{CapsuleCli, Outcome};
 use capsule_tests::tier::{run_backend_tests, Backend, BackendTest};

@@ -125,6 +125,44 @@ impl Agent {
         }
     }
 
+    /// When a member called reboot(2) in the container's pid namespace, the kernel killed
+    /// every member and left the container "rebooting" (not "dead") in /proc/containers: the
+    /// agent starts a fresh init as RebootContainer does. Returns whether it did.
+    pub(super) async fn restart_if_rebooting(
+        self: &Arc<Self>,
+        entry: &Arc<ContainerEntry>,
+    ) -> bool {
+        let rebooting = self
+            .backend
+            .list()
+            .and_then(|rows| rows.ok())
+            .is_some_and(|rows| {
+                rows.iter()
+                    .any(|r| !r.current && r.name == entry.name && r.state == "rebooting")
+            });
+        if !rebooting {
+            return false;
+        }
+        let generation = entry.init_generation.fetch_add(1, Ordering::AcqRel) + 1;
+        let this = self.clone();
+        let e2 = entry.clone();
+        match Self::blocking(move || Ok(e2.ops.reboot(&this.reaper)?)).await {
+            Ok(forked) => {
+                log::info!(
+                    "container {} rebooted from inside: init {}",
+                    entry.name,
+                    forked.pid
+                );
+                self.watch_init(entry.clone(), forked.exit, generation);
+                true
+            }
+            Err(e) => {
+                log::warn!("container {}: restarting after reboot(2): {e}", entry.name);
+                false
+            }
+        }
+    }
+
     /// Marks a container dead, kills what is left of it and frees its name.
     pub(super) async fn bury(self: &Arc<Self>, entry: Arc<ContainerEntry>) {
         entry.dead.store(true, Ordering::Release);

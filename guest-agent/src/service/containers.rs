@@ -134,6 +134,9 @@ impl Agent {
                 return;
             }
             log::info!("container {} init ended: {status:?}", entry.name);
+            if this.restart_if_rebooting(&entry).await {
+                return;
+            }
             this.bury(entry).await;
         });
     }
