@@ -44,13 +44,13 @@ pub enum ContainerError {
         vm: String,
         container: String,
         #[source]
-        source: ClientError,
+        source: Box<ClientError>,
     },
     #[error("cannot list the containers of VM {vm}")]
     List {
         vm: String,
         #[source]
-        source: ClientError,
+        source: Box<ClientError>,
     },
 }
 
@@ -80,7 +80,7 @@ impl Vm {
                 op,
                 vm: self.name().to_string(),
                 container: container.to_string(),
-                source,
+                source: Box::new(source),
             })
     }
 
@@ -117,7 +117,7 @@ impl Vm {
             .call::<ListContainers>(&pb::ListContainersRequest {})
             .map_err(|source| ContainerError::List {
                 vm: self.name().to_string(),
-                source,
+                source: Box::new(source),
             })?
             .containers)
     }
