@@ -234,6 +234,20 @@ fn cgroup(backend: Backend) -> Result<(), String> {
     )?;
     refused(&cli, &["cgroup", "vm", "../escape"], &["path", "\"..\""])?;
     expect_state(&cli, "vm", "other", "running")?;
+    // The directory the agent made goes with the container that was moved there.
+    run(&cli, &["cgroup", "vm", "-c", "other", "pods/other"])?.expect_code(0)?;
+    sh(
+        &cli,
+        "vm",
+        None,
+        "test -d /sys/fs/cgroup/capsule/pods/other",
+    )?;
+    run(&cli, &["kill", "vm", "-c", "other"])?.expect_code(0)?;
+    let gone = "for i in $(seq 50); do test -d /sys/fs/cgroup/capsule/pods/other || exit 0; \
+                sleep 0.1; done; exit 1";
+    if run(&cli, &["exec", "vm", "--", "sh", "-c", gone])?.code != Some(0) {
+        return Err("the cgroup of a dead container was left behind".into());
+    }
     Ok(())
 }
 

@@ -577,7 +577,35 @@ impl Container for KernelContainer {
             .collect()
     }
 
-    fn cleanup(&self) {}
+    fn cleanup(&self) {
+        // A cgroup the agent made for SetCgroup goes with the container (best effort: it may
+        // still have processes on their way out, or be shared on purpose).
+        let Some(dir) = self.cgroup.lock().unwrap_or_else(|p| p.into_inner()).take() else {
+            return;
+        };
+        // Killed members leave the cgroup as they exit: give them a moment.
+        for _ in 0..100 {
+            match std::fs::remove_dir(&dir) {
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                    std::thread::sleep(std::time::Duration::from_millis(10))
+                }
+                Err(e) => {
+                    log::info!(
+                        "container {}: keeping cgroup {}: {e}",
+                        self.name,
+                        dir.display()
+                    );
+                    return;
+                }
+                Ok(()) => return,
+            }
+        }
+        log::info!(
+            "container {}: cgroup {} still busy",
+            self.name,
+            dir.display()
+        );
+    }
 
     fn ns_fd(&self) -> Result<OwnedFd> {
         self.fd.try_clone().map_err(|e| {
