@@ -45,6 +45,21 @@ enum Command {
     Freeze(commands::control::NameArgs),
     /// Thaw a frozen container.
     Thaw(commands::control::NameArgs),
+    /// Kill every process of a container and start a fresh init (same namespaces, root,
+    /// cgroup, keyring).
+    Reboot(commands::control::NameArgs),
+    /// Add or list further container objects in a running VM (pods).
+    Container(commands::container::ContainerArgs),
+    /// Give a container namespaces of other containers of its VM.
+    ShareNs(commands::configure::ShareNsArgs),
+    /// Move a container to another cgroup v2 directory of the guest.
+    Cgroup(commands::configure::CgroupArgs),
+    /// Set the root directory of processes started in a container from now on.
+    SetRoot(commands::configure::SetRootArgs),
+    /// Hand a guest LSM a security policy for one container.
+    Policy(commands::configure::PolicyArgs),
+    /// Set the devices a container's members may open.
+    Devices(commands::configure::DevicesArgs),
     /// Shut a VM down.
     Stop(commands::stop::StopArgs),
     /// Remove stopped VMs.
@@ -82,6 +97,13 @@ fn main() -> ExitCode {
         Command::Kill(args) => commands::control::kill(args),
         Command::Freeze(args) => commands::control::freeze(args),
         Command::Thaw(args) => commands::control::thaw(args),
+        Command::Reboot(args) => commands::control::reboot(args),
+        Command::Container(args) => commands::container::run(args),
+        Command::ShareNs(args) => commands::configure::share_ns(args),
+        Command::Cgroup(args) => commands::configure::cgroup(args),
+        Command::SetRoot(args) => commands::configure::set_root(args),
+        Command::Policy(args) => commands::configure::policy(args),
+        Command::Devices(args) => commands::configure::devices(args),
         Command::Stop(args) => commands::stop::run(args),
         Command::Rm(args) => commands::rm::run(args),
         Command::Logs(args) => commands::logs::run(args),

@@ -2,12 +2,14 @@
 //! later): per-VM state directories ([`state`]) instead of a daemon, one supervisor process per
 //! VM ([`supervisor`]), the machines that run a guest behind one trait ([`machine`]), the
 //! upcall router ([`upcall`]), the console log ([`console`]), the one check of a VM's
-//! configuration ([`spec`]), and the VM lifecycle API the front ends call ([`vm`], and
+//! configuration ([`spec`]), and the VM lifecycle API the front ends call ([`vm`],
+//! [`containers`] for further containers of a VM and the container fd operations, and
 //! [`exec`] for processes in a VM's container).
 //!
 //! See `ARCHITECTURE.md` at the repository root for a map of the modules.
 
 pub mod console;
+pub mod containers;
 pub mod exec;
 pub mod machine;
 pub mod network;

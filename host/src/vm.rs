@@ -57,6 +57,8 @@ pub struct CreateRequest {
     pub volumes: Vec<Volume>,
     /// container_create() flags ([`capsule_protocol::container::flags`]).
     pub flags: u32,
+    /// The devices the container's members may open (empty: no list).
+    pub devices: Vec<pb::DeviceRule>,
     pub keys: Vec<Key>,
     pub cpus: u32,
     pub memory_mib: u64,
@@ -201,6 +203,7 @@ pub struct Prepared {
     rootfs: Option<(&'static str, bool)>,
     volumes: Vec<(Volume, &'static str)>,
     flags: u32,
+    devices: Vec<pb::DeviceRule>,
     keys: Vec<Key>,
     network: Option<crate::network::Join>,
     boot_timeout: Duration,
@@ -280,6 +283,8 @@ impl Prepared {
                 root_fstype,
                 root_options,
                 hostname: String::new(),
+                share_ns: Vec::new(),
+                devices: self.devices.clone(),
             })
             .map_err(|source| {
                 Box::new(SetupError::Container {
@@ -415,6 +420,7 @@ pub fn prepare(req: CreateRequest) -> Result<Prepared, CreateError> {
         rootfs: rootfs_type.map(|t| (t, req.rootfs_writable)),
         volumes,
         flags: req.flags,
+        devices: req.devices,
         keys: req.keys,
         network: req.network,
         boot_timeout: req.boot_timeout,

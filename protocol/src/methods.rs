@@ -60,6 +60,12 @@ methods! {
         ThawContainer(ContainerRef) -> Empty;
         Shutdown(ShutdownRequest) -> Empty;
         ConfigureNetwork(ConfigureNetworkRequest) -> Empty;
+        SetNamespaces(SetNamespacesRequest) -> Empty;
+        RebootContainer(ContainerRef) -> RebootContainerResponse;
+        SetCgroup(SetCgroupRequest) -> Empty;
+        SetRoot(SetRootRequest) -> Empty;
+        SetPolicy(SetPolicyRequest) -> Empty;
+        SetDevices(SetDevicesRequest) -> Empty;
     }
     UPCALL_SERVICE {
         RequestKey(UpcallRequest) -> UpcallResponse;

@@ -1,6 +1,7 @@
 //! Checks every side applies to what it receives: names, paths, strings, counts. Each error
 //! names the field it is about.
 
+use crate::pb;
 use crate::status::RpcError;
 
 pub use crate::container::MAX_NAME_LEN;
@@ -83,9 +84,240 @@ pub fn string_list(
     Ok(())
 }
 
+/// Longest LSM name (the kernel's limit for CONTAINER_IOC_SET_POLICY).
+pub const MAX_LSM_NAME_LEN: usize = 31;
+/// Largest per-container security policy (CONTAINER_POLICY_MAX).
+pub const MAX_POLICY_LEN: usize = 4096;
+/// Deepest cgroup path below the agent's cgroup root.
+pub const MAX_CGROUP_DEPTH: usize = 8;
+
+/// Namespace shares: a known type each, at most one per type, a valid container name, and not
+/// the container itself.
+pub fn namespace_shares(
+    field: &str,
+    own: &str,
+    shares: &[pb::NamespaceShare],
+) -> Result<(), RpcError> {
+    for (i, s) in shares.iter().enumerate() {
+        let f = format!("{field}[{i}]");
+        match pb::NamespaceType::try_from(s.ns) {
+            Ok(t) if t != pb::NamespaceType::NsUnspecified => {}
+            _ => {
+                return Err(RpcError::invalid(
+                    format!("{f}.ns"),
+                    format!("{} is not a namespace type that can be shared", s.ns),
+                ))
+            }
+        }
+        if shares[..i].iter().any(|o| o.ns == s.ns) {
+            return Err(RpcError::invalid(
+                format!("{f}.ns"),
+                format!(
+                    "the {} namespace is named twice",
+                    crate::container::namespace_name(
+                        pb::NamespaceType::try_from(s.ns).unwrap_or_default()
+                    )
+                ),
+            ));
+        }
+        container_name(&format!("{f}.from_container"), &s.from_container)?;
+        if s.from_container == own {
+            return Err(RpcError::invalid(
+                format!("{f}.from_container"),
+                format!("container {own:?} cannot take a namespace from itself"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A device list: at most [`crate::container::MAX_DEVICES`] rules with numbers in range.
+pub fn device_rules(field: &str, rules: &[pb::DeviceRule]) -> Result<(), RpcError> {
+    use crate::container::{MAX_DEVICES, MAX_DEVICE_MAJOR, MAX_DEVICE_MINOR};
+    if rules.len() > MAX_DEVICES {
+        return Err(RpcError::invalid(
+            field,
+            format!(
+                "{} rules, more than the limit of {MAX_DEVICES}",
+                rules.len()
+            ),
+        ));
+    }
+    for (i, r) in rules.iter().enumerate() {
+        let f = format!("{field}[{i}]");
+        if pb::DeviceKind::try_from(r.kind).is_err() {
+            return Err(RpcError::invalid(
+                format!("{f}.kind"),
+                format!("unknown device kind {}", r.kind),
+            ));
+        }
+        if r.major > MAX_DEVICE_MAJOR {
+            return Err(RpcError::invalid(
+                format!("{f}.major"),
+                format!("major {} is more than {MAX_DEVICE_MAJOR}", r.major),
+            ));
+        }
+        if !r.any_minor && r.minor > MAX_DEVICE_MINOR {
+            return Err(RpcError::invalid(
+                format!("{f}.minor"),
+                format!("minor {} is more than {MAX_DEVICE_MINOR}", r.minor),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A cgroup path below the agent's cgroup root: relative, 1 to [`MAX_CGROUP_DEPTH`]
+/// components, each following the container name rule (so no `..`, no hidden or control
+/// file names).
+pub fn cgroup_path(field: &str, path: &str) -> Result<(), RpcError> {
+    plain_string(field, path, MAX_PATH_LEN)?;
+    if path.starts_with('/') {
+        return Err(RpcError::invalid(
+            field,
+            format!("cgroup path {path:?} must be relative to the agent's cgroup root"),
+        ));
+    }
+    let parts: Vec<&str> = path.split('/').filter(|c| !c.is_empty()).collect();
+    if parts.is_empty() || parts.len() > MAX_CGROUP_DEPTH {
+        return Err(RpcError::invalid(
+            field,
+            format!("cgroup path {path:?} needs 1 to {MAX_CGROUP_DEPTH} components"),
+        ));
+    }
+    for part in parts {
+        if let Some(reason) = crate::container::name_problem(part) {
+            return Err(RpcError::invalid(
+                field,
+                format!("cgroup path {path:?}: component {part:?}: {reason}"),
+            ));
+        }
+        if is_control_file(part) {
+            return Err(RpcError::invalid(
+                field,
+                format!("cgroup path {path:?}: component {part:?} is a cgroup control file name"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Whether `name` looks like a cgroup interface file (`memory.max`, `pids.current`, ...).
+fn is_control_file(name: &str) -> bool {
+    const CONTROLLERS: &[&str] = &[
+        "cgroup", "cpu", "cpuset", "io", "memory", "pids", "rdma", "hugetlb", "misc", "irq",
+    ];
+    name.split_once('.')
+        .is_some_and(|(c, _)| CONTROLLERS.contains(&c))
+}
+
+/// An LSM name for a policy and the policy's size.
+pub fn policy(lsm: &str, policy: &[u8]) -> Result<(), RpcError> {
+    if lsm.is_empty() {
+        return Err(RpcError::invalid("lsm", "empty LSM name"));
+    }
+    plain_string("lsm", lsm, MAX_LSM_NAME_LEN)?;
+    if policy.len() > MAX_POLICY_LEN {
+        return Err(RpcError::invalid(
+            "policy",
+            format!(
+                "{} bytes, more than the limit of {MAX_POLICY_LEN}",
+                policy.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shares() {
+        let share = |ns: pb::NamespaceType, from: &str| pb::NamespaceShare {
+            ns: ns as i32,
+            from_container: from.into(),
+        };
+        use pb::NamespaceType::*;
+        assert!(namespace_shares("s", "b", &[share(NsNet, "a"), share(NsIpc, "a")]).is_ok());
+        let e = namespace_shares("s", "b", &[share(NsNet, "a"), share(NsNet, "c")]).unwrap_err();
+        assert_eq!(e.field, "s[1].ns");
+        let e = namespace_shares("s", "b", &[share(NsUnspecified, "a")]).unwrap_err();
+        assert_eq!(e.field, "s[0].ns");
+        let e = namespace_shares(
+            "s",
+            "b",
+            &[pb::NamespaceShare {
+                ns: 99,
+                from_container: "a".into(),
+            }],
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "s[0].ns");
+        let e = namespace_shares("s", "b", &[share(NsNet, "b")]).unwrap_err();
+        assert!(e.message.contains("itself"), "{e}");
+        let e = namespace_shares("s", "b", &[share(NsNet, "")]).unwrap_err();
+        assert_eq!(e.field, "s[0].from_container");
+    }
+
+    #[test]
+    fn devices() {
+        let rule = |major, minor, any_minor| pb::DeviceRule {
+            kind: 0,
+            major,
+            minor,
+            any_minor,
+        };
+        assert!(device_rules("d", &[rule(1, 3, false), rule(4095, u32::MAX, true)]).is_ok());
+        assert_eq!(
+            device_rules("d", &[rule(4096, 0, false)])
+                .unwrap_err()
+                .field,
+            "d[0].major"
+        );
+        assert_eq!(
+            device_rules("d", &[rule(1, 0, false), rule(1, 1 << 20, false)])
+                .unwrap_err()
+                .field,
+            "d[1].minor"
+        );
+        let bad_kind = pb::DeviceRule {
+            kind: 7,
+            ..rule(1, 1, false)
+        };
+        assert_eq!(
+            device_rules("d", &[bad_kind]).unwrap_err().field,
+            "d[0].kind"
+        );
+        assert!(device_rules("d", &vec![rule(1, 3, false); 257]).is_err());
+    }
+
+    #[test]
+    fn cgroup_paths() {
+        assert!(cgroup_path("path", "pods/web").is_ok());
+        assert!(cgroup_path("path", "web").is_ok());
+        for bad in [
+            "",
+            "/abs",
+            "a/../b",
+            "a/.x",
+            "memory.max",
+            "a/cgroup.procs",
+            "a b",
+            &"a/".repeat(9),
+        ] {
+            assert!(cgroup_path("path", bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn policies() {
+        assert!(policy("container_test", b"mkdir").is_ok());
+        assert_eq!(policy("", b"").unwrap_err().field, "lsm");
+        assert_eq!(policy(&"x".repeat(32), b"").unwrap_err().field, "lsm");
+        assert_eq!(policy("l", &[0; 4097]).unwrap_err().field, "policy");
+    }
 
     #[test]
     fn names() {

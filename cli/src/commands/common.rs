@@ -29,7 +29,33 @@ pub fn agent(name: &str) -> Result<(Vm, Client)> {
     Ok((vm, client))
 }
 
-use capsule_protocol::container::flags;
+use capsule_protocol::container::{self as wire, flags};
+use capsule_protocol::pb;
+
+/// `--container`/`-c`: the container of VM `vm` a command acts on; by default the VM's own
+/// (the one `create` made, named like the VM).
+pub fn container_or_vm<'a>(vm: &'a str, container: &'a Option<String>) -> &'a str {
+    container.as_deref().unwrap_or(vm)
+}
+
+/// Parses `--share-ns TYPE=CONTAINER[,...]` (`net=pod,ipc=pod,uts=pod`).
+pub fn parse_share_ns(spec: &str) -> Result<Vec<pb::NamespaceShare>> {
+    wire::parse_share_ns(spec).map_err(|why| anyhow::anyhow!("invalid --share-ns: {why}"))
+}
+
+/// Parses a device list (`c 1:3,c 136:*,b 254:0`; `all` or empty: no list).
+pub fn parse_devices(option: &str, spec: &str) -> Result<Vec<pb::DeviceRule>> {
+    if spec.trim() == "all" {
+        return Ok(Vec::new());
+    }
+    wire::parse_device_rules(spec).map_err(|why| anyhow::anyhow!("invalid {option}: {why}"))
+}
+
+/// The help text of a device-list argument.
+pub const DEVICES_HELP: &str = "Device numbers the container's members may open: \
+    comma-separated TYPE MAJOR:MINOR rules, TYPE c (character) or b (block), MINOR a number or \
+    * for every minor, e.g. 'c 1:3,c 1:5,c 136:*'; opening any other device node fails with \
+    EPERM inside the container. 'all' (or empty) removes the list.";
 pub use capsule_protocol::container::{DEFAULT_FLAGS, FLAG_NAMES};
 
 /// Parses `--flags`: comma-separated names from [`FLAG_NAMES`], or a number (0x... or decimal).
@@ -123,6 +149,24 @@ mod tests {
             .to_string()
             .contains("unknown bits"));
         assert!(parse_flags("fs,empty-fs").is_err());
+    }
+
+    #[test]
+    fn share_ns_and_devices_name_the_option() {
+        assert_eq!(parse_share_ns("net=pod,ipc=pod").unwrap().len(), 2);
+        let e = parse_share_ns("time=pod").unwrap_err().to_string();
+        assert!(e.contains("--share-ns") && e.contains("time"), "{e}");
+        assert_eq!(
+            parse_devices("--devices", "c 1:3, b 254:*").unwrap().len(),
+            2
+        );
+        assert!(parse_devices("--devices", "all").unwrap().is_empty());
+        let e = parse_devices("--devices", "c 1:3 rw")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--devices") && e.contains("c 1:3 rw"), "{e}");
+        assert_eq!(container_or_vm("vm", &None), "vm");
+        assert_eq!(container_or_vm("vm", &Some("web".into())), "web");
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! `capsule kill`, `capsule freeze`, `capsule thaw`: act on every process of a container.
+//! `capsule kill`, `capsule freeze`, `capsule thaw`, `capsule reboot`: act on every process
+//! of a container (the VM's own, or the one `-c NAME` names).
 
 use std::process::ExitCode;
 
@@ -9,7 +10,11 @@ use clap::Args;
 
 #[derive(Args, Debug)]
 pub struct KillArgs {
+    /// The VM.
     name: String,
+    /// The container (default: the VM's own).
+    #[arg(short, long)]
+    container: Option<String>,
     /// Signal to send: a number or a name (KILL, TERM, INT, HUP, USR1, USR2, STOP, CONT).
     #[arg(short, long, default_value = "KILL")]
     signal: String,
@@ -17,7 +22,17 @@ pub struct KillArgs {
 
 #[derive(Args, Debug)]
 pub struct NameArgs {
+    /// The VM.
     name: String,
+    /// The container (default: the VM's own).
+    #[arg(short, long)]
+    container: Option<String>,
+}
+
+impl NameArgs {
+    fn container(&self) -> String {
+        super::common::container_or_vm(&self.name, &self.container).to_string()
+    }
 }
 
 fn parse_signal(spec: &str) -> Result<i32> {
@@ -54,7 +69,7 @@ pub fn kill(args: KillArgs) -> ExitCode {
     finish(parse_signal(&args.signal).and_then(|signal| {
         let (_, client) = super::common::agent(&args.name)?;
         client.call::<KillContainer>(&pb::KillContainerRequest {
-            container: args.name.clone(),
+            container: super::common::container_or_vm(&args.name, &args.container).to_string(),
             signal,
         })?;
         Ok(())
@@ -64,7 +79,7 @@ pub fn kill(args: KillArgs) -> ExitCode {
 pub fn freeze(args: NameArgs) -> ExitCode {
     finish(super::common::agent(&args.name).and_then(|(_, client)| {
         client.call::<FreezeContainer>(&pb::ContainerRef {
-            container: args.name.clone(),
+            container: args.container(),
         })?;
         Ok(())
     }))
@@ -73,8 +88,17 @@ pub fn freeze(args: NameArgs) -> ExitCode {
 pub fn thaw(args: NameArgs) -> ExitCode {
     finish(super::common::agent(&args.name).and_then(|(_, client)| {
         client.call::<ThawContainer>(&pb::ContainerRef {
-            container: args.name.clone(),
+            container: args.container(),
         })?;
+        Ok(())
+    }))
+}
+
+/// `capsule reboot VM [-c NAME]`: kills every member and starts a fresh init with the same
+/// namespaces, root, cgroup and keyring.
+pub fn reboot(args: NameArgs) -> ExitCode {
+    finish(super::common::open_vm(&args.name).and_then(|vm| {
+        vm.reboot_container(&args.container())?;
         Ok(())
     }))
 }

@@ -18,7 +18,8 @@ use super::MachineArg;
     after_help = "Examples:\n  capsule create demo\n  capsule create web --rootfs root.ext4 \
     --volume data.ext4:/data --memory 512\n  capsule create db --key user:db-password=./secret \
     --upcall dns_resolver=/usr/local/bin/my-resolver\n  capsule create web --publish 8080:80\n  \
-    capsule create isolated --net none"
+    capsule create isolated --net none\n  capsule create sandbox --devices \
+    'c 1:3,c 1:5,c 1:8,c 1:9,c 5:0,c 136:*'\n\nFurther containers in the VM: `capsule container add`."
 )]
 pub struct CreateArgs {
     /// Name of the VM and of its container (1-63 of [A-Za-z0-9_.-]).
@@ -49,6 +50,9 @@ pub struct CreateArgs {
     /// pid, net, kill-on-close, cloexec) or a number.
     #[arg(long, default_value = DEFAULT_FLAGS)]
     flags: String,
+
+    #[arg(long, value_name = "RULES", help = common::DEVICES_HELP)]
+    devices: Option<String>,
 
     /// Number of vCPUs.
     #[arg(long, default_value_t = 1)]
@@ -114,6 +118,10 @@ pub struct CreateArgs {
 /// Turns the arguments into a request; the library checks it before booting anything.
 fn request(args: CreateArgs) -> Result<CreateRequest> {
     let flags = common::parse_flags(&args.flags)?;
+    let devices = match &args.devices {
+        Some(spec) => common::parse_devices("--devices", spec)?,
+        None => Vec::new(),
+    };
     let keys = args
         .keys
         .iter()
@@ -153,6 +161,7 @@ fn request(args: CreateArgs) -> Result<CreateRequest> {
         rootfs_writable: args.rootfs_rw,
         volumes,
         flags,
+        devices,
         keys,
         cpus: args.cpus,
         memory_mib: args.memory,

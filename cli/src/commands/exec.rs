@@ -36,6 +36,9 @@ pub struct ExecArgs {
     /// User (and group) to run as: UID[:GID], numeric.
     #[arg(short, long = "user", value_name = "UID[:GID]")]
     user: Option<String>,
+    /// The container to run in (default: the VM's own, named like the VM).
+    #[arg(short, long)]
+    container: Option<String>,
     /// The VM.
     name: String,
     /// The command and its arguments.
@@ -123,7 +126,8 @@ fn exec(args: &ExecArgs) -> Result<u8> {
         // is set up.
         stdin: !stdin_is_null(),
     };
-    let process = Process::start(Arc::new(client), &args.name, spec)?;
+    let container = common::container_or_vm(&args.name, &args.container);
+    let process = Process::start(Arc::new(client), container, spec)?;
     let code = match process.attach()? {
         Streams::Tty(tty) => run_tty(&process, tty)?,
         Streams::Pipes {

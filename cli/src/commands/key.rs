@@ -17,13 +17,23 @@ pub struct KeyArgs {
 enum KeyCommand {
     /// Add a key to the container's keyring (request_key() in the container finds it).
     Add {
+        /// The VM.
         name: String,
+        /// The container (default: the VM's own).
+        #[arg(short, long)]
+        container: Option<String>,
         /// TYPE:DESCRIPTION=FILE, e.g. user:db-password=./secret
         #[arg(value_name = "TYPE:DESC=FILE")]
         key: String,
     },
     /// List the keys in the container's keyring.
-    Ls { name: String },
+    Ls {
+        /// The VM.
+        name: String,
+        /// The container (default: the VM's own).
+        #[arg(short, long)]
+        container: Option<String>,
+    },
 }
 
 pub fn run(args: KeyArgs) -> ExitCode {
@@ -35,12 +45,16 @@ pub fn run(args: KeyArgs) -> ExitCode {
 
 fn key(command: KeyCommand) -> Result<()> {
     match command {
-        KeyCommand::Add { name, key } => {
+        KeyCommand::Add {
+            name,
+            container,
+            key,
+        } => {
             let spec = super::common::parse_key(&key)?;
             let (_, client) = super::common::agent(&name)?;
             let added = client
                 .call::<AddKey>(&pb::AddKeyRequest {
-                    container: name.clone(),
+                    container: super::common::container_or_vm(&name, &container).to_string(),
                     key_type: spec.key_type.clone(),
                     description: spec.description.clone(),
                     payload: spec.payload,
@@ -50,9 +64,11 @@ fn key(command: KeyCommand) -> Result<()> {
                 })?;
             println!("{}", added.serial);
         }
-        KeyCommand::Ls { name } => {
+        KeyCommand::Ls { name, container } => {
             let (_, client) = super::common::agent(&name)?;
-            let keys = client.call::<ListKeys>(&pb::ContainerRef { container: name })?;
+            let keys = client.call::<ListKeys>(&pb::ContainerRef {
+                container: super::common::container_or_vm(&name, &container).to_string(),
+            })?;
             println!(
                 "{:>10} {:<14} {:>9} {:>8}  DESCRIPTION",
                 "SERIAL", "TYPE", "OWNER", "PERM"

@@ -54,7 +54,7 @@ fn list_vms() -> Result<()> {
     Ok(())
 }
 
-fn list_containers(name: &str) -> Result<()> {
+pub fn list_containers(name: &str) -> Result<()> {
     let (_, client) = super::common::agent(name)?;
     let list = client.call::<ListContainers>(&pb::ListContainersRequest {})?;
     println!(

@@ -2,6 +2,8 @@
 //! for `run` and `vsock-backend`, the hypervisor and vsock libraries), and prints.
 
 pub mod common;
+pub mod configure;
+pub mod container;
 pub mod control;
 pub mod create;
 pub mod exec;

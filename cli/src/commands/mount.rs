@@ -13,7 +13,11 @@ use clap::Args;
     --type ext4 --source /dev/vdb -o ro /data\n  capsule mount web --type bind --source /opt /opt"
 )]
 pub struct MountArgs {
+    /// The VM.
     name: String,
+    /// The container (default: the VM's own).
+    #[arg(short, long)]
+    container: Option<String>,
     /// File system type ("tmpfs", "ext4", "erofs", "proc", "bind", ...).
     #[arg(short = 't', long = "type")]
     fstype: String,
@@ -34,7 +38,7 @@ pub fn run(args: MountArgs) -> ExitCode {
     let result = super::common::agent(&args.name).and_then(|(_, client)| {
         client
             .call::<Mount>(&pb::MountRequest {
-                container: args.name.clone(),
+                container: super::common::container_or_vm(&args.name, &args.container).to_string(),
                 fstype: args.fstype.clone(),
                 source: args.source.clone(),
                 options: args.options.clone(),

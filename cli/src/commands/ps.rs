@@ -8,7 +8,11 @@ use clap::Args;
 
 #[derive(Args, Debug)]
 pub struct PsArgs {
+    /// The VM.
     name: String,
+    /// The container (default: the VM's own).
+    #[arg(short, long)]
+    container: Option<String>,
     /// Also list commands that have exited.
     #[arg(short, long)]
     all: bool,
@@ -17,7 +21,7 @@ pub struct PsArgs {
 pub fn run(args: PsArgs) -> ExitCode {
     let result = super::common::agent(&args.name).and_then(|(_, client)| {
         let list = client.call::<ListProcesses>(&pb::ContainerRef {
-            container: args.name.clone(),
+            container: super::common::container_or_vm(&args.name, &args.container).to_string(),
         })?;
         println!("{:>7} {:>8} {:<8} COMMAND", "PID", "EXEC", "STATE");
         for p in list

@@ -14,8 +14,8 @@ use tokio::sync::oneshot;
 use super::child::{cstr, holder_main, HolderSetup};
 use super::mount::{detached_mount, needs_member};
 use super::{
-    flags, read_status, Backend, BackendError, Container, ContainerRow, CreateSpec, Forked,
-    MountSpec, Result, RootSpec,
+    flags, read_status, Backend, BackendError, Container, ContainerRow, CreateSpec, Device, Forked,
+    MountSpec, NsShare, Result, RootSpec,
 };
 use crate::reaper::{ExitStatus, Reaper};
 use crate::sys;
@@ -29,6 +29,59 @@ pub mod nr {
     pub const CONTAINER_FREEZE: libc::c_long = 1004;
     pub const CONTAINER_THAW: libc::c_long = 1005;
     pub const CONTAINER_KEYRING: libc::c_long = 1006;
+}
+
+/// ioctl requests on a container fd (`CONTAINER_IOC_*`, magic 0xC7) and their arguments.
+pub mod ioc {
+    const MAGIC: u64 = 0xC7;
+    const WRITE: u64 = 1;
+
+    const fn io(nr: u64) -> u64 {
+        (MAGIC << 8) | nr
+    }
+    const fn iow(nr: u64, size: usize) -> u64 {
+        (WRITE << 30) | ((size as u64) << 16) | (MAGIC << 8) | nr
+    }
+
+    /// struct container_ns.
+    #[repr(C)]
+    pub struct ContainerNs {
+        pub fd: i32,
+        pub nstype: u32,
+    }
+    /// struct container_policy.
+    #[repr(C)]
+    pub struct ContainerPolicy {
+        pub lsm: u64,
+        pub policy: u64,
+        pub len: u32,
+        pub flags: u32,
+    }
+    /// struct container_dev.
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    pub struct ContainerDev {
+        pub kind: u32,
+        pub major: u32,
+        pub minor: u32,
+        pub reserved: u32,
+    }
+    /// struct container_devices.
+    #[repr(C)]
+    pub struct ContainerDevices {
+        pub devs: u64,
+        pub count: u32,
+        pub flags: u32,
+    }
+    /// CONTAINER_DEV_ANY: every minor.
+    pub const DEV_ANY: u32 = 0xffff_ffff;
+
+    pub const SETNS: u64 = iow(1, std::mem::size_of::<ContainerNs>());
+    pub const REBOOT: u64 = io(2);
+    pub const SET_CGROUP: u64 = io(3);
+    pub const SET_ROOT: u64 = io(4);
+    pub const SET_POLICY: u64 = iow(5, std::mem::size_of::<ContainerPolicy>());
+    pub const SET_DEVICES: u64 = iow(6, std::mem::size_of::<ContainerDevices>());
 }
 
 /// fsconfig command that binds a superblock to a container's namespaces.
@@ -146,11 +199,18 @@ impl Backend for KernelBackend {
             keyring,
         )
         .map_err(|e| err(e, "adding the container name key"))?;
+        let shares_uts = spec
+            .shares
+            .iter()
+            .any(|s| s.nstype == sys::CLONE_NEWUTS as u32);
         let c = KernelContainer {
+            name: spec.name.clone(),
             fd,
             id,
             flags: spec.flags,
-            hostname: (spec.flags & flags::NEW_UTS_NS != 0).then(|| {
+            cgroup: Mutex::new(None),
+            // A shared UTS namespace keeps the other container's hostname.
+            hostname: (spec.flags & flags::NEW_UTS_NS != 0 && !shares_uts).then(|| {
                 cstr(if spec.hostname.is_empty() {
                     &spec.name
                 } else {
@@ -161,6 +221,9 @@ impl Backend for KernelBackend {
             keyring,
             frozen: AtomicBool::new(false),
         };
+        for share in &spec.shares {
+            c.set_namespace(share).map_err(|e| e.field("share_ns"))?;
+        }
         match &spec.root {
             RootSpec::Shared => c.start_init(reaper)?,
             RootSpec::None => {}
@@ -199,9 +262,12 @@ struct Init {
 }
 
 pub struct KernelContainer {
+    name: String,
     fd: OwnedFd,
     id: u64,
     flags: u32,
+    /// The cgroup given with CONTAINER_IOC_SET_CGROUP (`None`: the kernel's container-<id>).
+    cgroup: Mutex<Option<std::path::PathBuf>>,
     hostname: Option<CString>,
     init: Mutex<Option<Init>>,
     keyring: i32,
@@ -211,6 +277,18 @@ pub struct KernelContainer {
 impl KernelContainer {
     /// Forks the container's init (the first process forked in), then mounts its /proc.
     fn start_init(&self, reaper: &Reaper) -> Result<()> {
+        let forked = self.launch_init(reaper, false)?;
+        *self.init.lock().unwrap_or_else(|p| p.into_inner()) = Some(Init {
+            pid: forked.pid,
+            exit: Some(forked.exit),
+        });
+        Ok(())
+    }
+
+    /// Starts an init running [`holder_main`]: with fork_into_container(), or with
+    /// CONTAINER_IOC_REBOOT (which first kills every member); then mounts /proc of a new pid
+    /// namespace.
+    fn launch_init(&self, reaper: &Reaper, reboot: bool) -> Result<Forked> {
         let (go_r, go_w) = sys::pipe().map_err(|e| err(e, "pipe"))?;
         let (ready_r, ready_w) = sys::pipe().map_err(|e| err(e, "pipe"))?;
         let setup = HolderSetup {
@@ -219,7 +297,24 @@ impl KernelContainer {
             hostname: self.hostname.clone(),
             make_private: false,
         };
-        let forked = self.fork_into(reaper, &mut || holder_main(&setup))?;
+        let forked = if reboot {
+            let mut reg = reaper.lock();
+            // SAFETY: CONTAINER_IOC_REBOOT takes no argument and returns like fork(): the child
+            // only runs holder_main, which makes system calls on `setup`.
+            let pid = unsafe { libc::ioctl(self.fd.as_raw_fd(), ioc::REBOOT as libc::c_ulong, 0) };
+            if pid < 0 {
+                return Err(self.reboot_error(sys::last_errno()));
+            }
+            if pid == 0 {
+                sys::exit_now(holder_main(&setup));
+            }
+            Forked {
+                pid,
+                exit: reg.register(pid),
+            }
+        } else {
+            self.fork_into(reaper, &mut || holder_main(&setup))?
+        };
         drop(go_r);
         drop(ready_w);
         sys::write_all_raw(go_w.as_raw_fd(), b"g").map_err(|e| err(e, "starting init"))?;
@@ -228,14 +323,33 @@ impl KernelContainer {
             Some(e) => return Err(err(e, "setting up the container init")),
             None => return Err(err(libc::ECHILD, "the container init died while starting")),
         }
-        *self.init.lock().unwrap_or_else(|p| p.into_inner()) = Some(Init {
-            pid: forked.pid,
-            exit: Some(forked.exit),
-        });
         if self.flags & flags::NEW_PID_NS != 0 {
             super::mainline::mount_proc(self, reaper)?;
         }
-        Ok(())
+        Ok(forked)
+    }
+
+    fn ioctl(&self, request: u64, arg: libc::c_ulong) -> std::result::Result<(), i32> {
+        // SAFETY: an ioctl on the container fd we own; `arg` is an fd, or a pointer to a
+        // repr(C) argument struct the caller keeps alive for the call.
+        let r = unsafe { libc::ioctl(self.fd.as_raw_fd(), request as libc::c_ulong, arg) };
+        if r < 0 {
+            Err(sys::last_errno())
+        } else {
+            Ok(())
+        }
+    }
+
+    fn reboot_error(&self, errno: i32) -> BackendError {
+        let c = &self.name;
+        let what = match errno {
+            libc::EINTR => format!(
+                "rebooting container {c:?}: interrupted while waiting for its members to die"
+            ),
+            libc::EDEADLK => format!("rebooting container {c:?}: the caller is one of its members"),
+            _ => format!("rebooting container {c:?} (CONTAINER_IOC_REBOOT)"),
+        };
+        err(errno, what)
     }
 
     fn has_init(&self) -> bool {
@@ -438,14 +552,24 @@ impl Container for KernelContainer {
     }
 
     fn procs(&self) -> Vec<libc::pid_t> {
+        let moved = self
+            .cgroup
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         // The kernel puts the container in container-<id> below the agent's cgroup.
-        let Some(parent) = super::mainline::default_cgroup_parent() else {
-            return Vec::new();
+        let dir = match moved {
+            Some(dir) => dir,
+            None => {
+                let Some(parent) = super::mainline::default_cgroup_parent() else {
+                    return Vec::new();
+                };
+                parent
+                    .parent()
+                    .map(|p| p.join(format!("container-{}", self.id)))
+                    .unwrap_or_default()
+            }
         };
-        let dir = parent
-            .parent()
-            .map(|p| p.join(format!("container-{}", self.id)))
-            .unwrap_or_default();
         std::fs::read_to_string(dir.join("cgroup.procs"))
             .unwrap_or_default()
             .lines()
@@ -453,7 +577,202 @@ impl Container for KernelContainer {
             .collect()
     }
 
-    fn cleanup(&self) {}
+    fn cleanup(&self) {
+        // A cgroup the agent made for SetCgroup goes with the container (best effort: it may
+        // still have processes on their way out, or be shared on purpose).
+        let Some(dir) = self.cgroup.lock().unwrap_or_else(|p| p.into_inner()).take() else {
+            return;
+        };
+        // Killed members leave the cgroup as they exit: give them a moment.
+        for _ in 0..100 {
+            match std::fs::remove_dir(&dir) {
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                    std::thread::sleep(std::time::Duration::from_millis(10))
+                }
+                Err(e) => {
+                    log::info!(
+                        "container {}: keeping cgroup {}: {e}",
+                        self.name,
+                        dir.display()
+                    );
+                    return;
+                }
+                Ok(()) => return,
+            }
+        }
+        log::info!(
+            "container {}: cgroup {} still busy",
+            self.name,
+            dir.display()
+        );
+    }
+
+    fn ns_fd(&self) -> Result<OwnedFd> {
+        self.fd.try_clone().map_err(|e| {
+            err(
+                e.raw_os_error().unwrap_or(libc::EMFILE),
+                "duplicating a container fd",
+            )
+        })
+    }
+
+    fn set_namespace(&self, share: &NsShare) -> Result<()> {
+        let arg = ioc::ContainerNs {
+            fd: share.fd.as_raw_fd(),
+            nstype: share.nstype,
+        };
+        self.ioctl(ioc::SETNS, &arg as *const ioc::ContainerNs as libc::c_ulong)
+            .map_err(|errno| {
+                let (c, ns, from) = (&self.name, share.ns_name, &share.from);
+                let what = match errno {
+                    libc::EBUSY => format!(
+                        "the {ns} namespace of container {c:?} cannot be changed any more: a \
+                         process has been forked into it (pid and mnt namespaces can only be \
+                         taken before the container's init starts)"
+                    ),
+                    libc::ENOENT => format!("container {from:?} has no {ns} namespace yet"),
+                    libc::EINVAL => format!(
+                        "container {c:?} cannot take the {ns} namespace of {from:?} (a pid \
+                         namespace must be at or below the agent's)"
+                    ),
+                    _ => format!("container {c:?} taking the {ns} namespace of {from:?}"),
+                };
+                err(errno, what)
+            })
+    }
+
+    fn reboot(&self, reaper: &Reaper) -> Result<Forked> {
+        let forked = self.launch_init(reaper, true)?;
+        *self.init.lock().unwrap_or_else(|p| p.into_inner()) = Some(Init {
+            pid: forked.pid,
+            exit: None,
+        });
+        Ok(forked)
+    }
+
+    fn set_cgroup(&self, dir: &std::path::Path) -> Result<()> {
+        let path = cstr(&dir.to_string_lossy());
+        // SAFETY: open(2) of a NUL-terminated path.
+        let raw = unsafe {
+            libc::open(
+                path.as_ptr(),
+                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+            )
+        };
+        if raw < 0 {
+            return Err(err(sys::last_errno(), format!("opening {}", dir.display())));
+        }
+        // SAFETY: a new descriptor we own.
+        let dfd = unsafe { OwnedFd::from_raw_fd(raw) };
+        self.ioctl(ioc::SET_CGROUP, dfd.as_raw_fd() as libc::c_ulong)
+            .map_err(|errno| {
+                let (c, d) = (&self.name, dir.display());
+                let what = match errno {
+                    libc::EBUSY => format!(
+                        "cgroup {d} cannot take container {c:?}: it has processes or \
+                         controllers enabled for its children, or the container has nested \
+                         containers"
+                    ),
+                    libc::EINVAL => format!("cgroup {d} is inside container {c:?}'s own cgroup"),
+                    libc::EOPNOTSUPP => format!("cgroup {d} is a threaded cgroup"),
+                    libc::EBADF => format!("{d} is not a cgroup v2 directory"),
+                    _ => format!("moving container {c:?} to cgroup {d}"),
+                };
+                err(errno, what)
+            })?;
+        *self.cgroup.lock().unwrap_or_else(|p| p.into_inner()) = Some(dir.to_path_buf());
+        Ok(())
+    }
+
+    fn set_root(&self, path: &str) -> Result<()> {
+        let rel = path.trim_start_matches('/');
+        let rel = cstr(if rel.is_empty() { "." } else { rel });
+        // SAFETY: openat with the container fd as dirfd (the path is relative to its root).
+        let raw = unsafe {
+            libc::openat(
+                self.fd.as_raw_fd(),
+                rel.as_ptr(),
+                libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+            )
+        };
+        let c = &self.name;
+        if raw < 0 {
+            let errno = sys::last_errno();
+            let what = match errno {
+                libc::ENOENT => format!("{path} does not exist in container {c:?}"),
+                libc::ENOTDIR => format!("{path} is not a directory in container {c:?}"),
+                _ => format!("opening {path} in container {c:?}"),
+            };
+            return Err(err(errno, what));
+        }
+        // SAFETY: a new descriptor we own.
+        let dfd = unsafe { OwnedFd::from_raw_fd(raw) };
+        self.ioctl(ioc::SET_ROOT, dfd.as_raw_fd() as libc::c_ulong)
+            .map_err(|errno| {
+                let what = match errno {
+                    libc::EINVAL => {
+                        format!("{path} is not in the mount namespace of container {c:?}")
+                    }
+                    libc::ENOENT => format!("container {c:?} has no root yet"),
+                    libc::EACCES => format!("no search permission on {path}"),
+                    _ => format!("setting the root of container {c:?} to {path}"),
+                };
+                err(errno, what)
+            })
+    }
+
+    fn set_policy(&self, lsm: &str, policy: &[u8]) -> Result<()> {
+        let name = cstr(lsm);
+        let arg = ioc::ContainerPolicy {
+            lsm: name.as_ptr() as u64,
+            policy: policy.as_ptr() as u64,
+            len: policy.len() as u32,
+            flags: 0,
+        };
+        self.ioctl(
+            ioc::SET_POLICY,
+            &arg as *const ioc::ContainerPolicy as libc::c_ulong,
+        )
+        .map_err(|errno| {
+            let c = &self.name;
+            let what = match errno {
+                libc::EOPNOTSUPP => {
+                    format!("no LSM named {lsm:?} takes container policies in this guest kernel")
+                }
+                libc::EINVAL => format!("LSM {lsm:?} rejected the policy for container {c:?}"),
+                libc::E2BIG => "the policy is larger than 4096 bytes".to_string(),
+                _ => format!("setting the {lsm} policy of container {c:?}"),
+            };
+            err(errno, what)
+        })
+    }
+
+    fn set_devices(&self, devices: &[Device]) -> Result<()> {
+        let list: Vec<ioc::ContainerDev> = devices
+            .iter()
+            .map(|d| ioc::ContainerDev {
+                kind: u32::from(d.kind),
+                major: d.major,
+                minor: d.minor.unwrap_or(ioc::DEV_ANY),
+                reserved: 0,
+            })
+            .collect();
+        let arg = ioc::ContainerDevices {
+            devs: list.as_ptr() as u64,
+            count: list.len() as u32,
+            flags: 0,
+        };
+        self.ioctl(
+            ioc::SET_DEVICES,
+            &arg as *const ioc::ContainerDevices as libc::c_ulong,
+        )
+        .map_err(|errno| {
+            err(
+                errno,
+                format!("setting the device list of container {:?}", self.name),
+            )
+        })
+    }
 }
 
 #[cfg(test)]
@@ -523,5 +842,63 @@ mod tests {
         for (name, want) in checks {
             assert_eq!(define(name), Some(*want), "{name} in {header}");
         }
+        assert_eq!(
+            define("CONTAINER_FD_CURRENT"),
+            None,
+            "a negative define: checked below"
+        );
+        assert!(text.contains("#define CONTAINER_FD_CURRENT\t\t(-10000)"));
+        assert_eq!(define("CONTAINER_DEV_ANY"), None);
+        assert!(text.contains("CONTAINER_DEV_ANY\t\t0xffffffffU"));
+        assert_eq!(define("CONTAINER_IOC_MAGIC"), Some(0xC7));
+        // Each ioctl's direction, number and argument struct as the header defines it.
+        let ioctls: &[(&str, &str, u64)] = &[
+            (
+                "CONTAINER_IOC_SETNS",
+                "_IOW(CONTAINER_IOC_MAGIC, 1, struct container_ns)",
+                ioc::SETNS,
+            ),
+            (
+                "CONTAINER_IOC_REBOOT",
+                "_IO(CONTAINER_IOC_MAGIC, 2)",
+                ioc::REBOOT,
+            ),
+            (
+                "CONTAINER_IOC_SET_CGROUP",
+                "_IO(CONTAINER_IOC_MAGIC, 3)",
+                ioc::SET_CGROUP,
+            ),
+            (
+                "CONTAINER_IOC_SET_ROOT",
+                "_IO(CONTAINER_IOC_MAGIC, 4)",
+                ioc::SET_ROOT,
+            ),
+            (
+                "CONTAINER_IOC_SET_POLICY",
+                "_IOW(CONTAINER_IOC_MAGIC, 5, struct container_policy)",
+                ioc::SET_POLICY,
+            ),
+            (
+                "CONTAINER_IOC_SET_DEVICES",
+                "_IOW(CONTAINER_IOC_MAGIC, 6, struct container_devices)",
+                ioc::SET_DEVICES,
+            ),
+        ];
+        for (name, def, _) in ioctls {
+            assert!(
+                text.lines()
+                    .any(|l| l.starts_with("#define") && l.contains(name) && l.contains(def)),
+                "{name} is not {def} in {header}"
+            );
+        }
+        // The values the kernel computes (asm-generic/ioctl.h) for those definitions.
+        assert_eq!(ioc::SETNS, 0x4008_c701);
+        assert_eq!(ioc::REBOOT, 0xc702);
+        assert_eq!(ioc::SET_CGROUP, 0xc703);
+        assert_eq!(ioc::SET_ROOT, 0xc704);
+        assert_eq!(ioc::SET_POLICY, 0x4018_c705);
+        assert_eq!(ioc::SET_DEVICES, 0x4010_c706);
+        assert_eq!(std::mem::size_of::<ioc::ContainerDev>(), 16);
+        assert_eq!(ioc::DEV_ANY, 0xffff_ffff);
     }
 }

@@ -100,6 +100,11 @@ impl Backend for MainlineBackend {
     }
 
     fn create(&self, spec: &CreateSpec, reaper: &Reaper) -> Result<Box<dyn Container>> {
+        if !spec.shares.is_empty() {
+            return Err(
+                super::unsupported("sharing another container's namespaces").field("share_ns")
+            );
+        }
         let parent = self
             .cgroup_parent
             .clone()

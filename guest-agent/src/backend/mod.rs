@@ -14,6 +14,8 @@ pub mod mount;
 
 use std::ffi::CString;
 use std::os::fd::OwnedFd;
+use std::path::Path;
+use std::sync::Arc;
 
 use tokio::sync::oneshot;
 
@@ -74,6 +76,38 @@ pub struct CreateSpec {
     pub flags: u32,
     pub root: RootSpec,
     pub hostname: String,
+    /// Namespaces taken from other containers before the init starts.
+    pub shares: Vec<NsShare>,
+}
+
+/// A namespace one container takes from another (CONTAINER_IOC_SETNS).
+#[derive(Debug, Clone)]
+pub struct NsShare {
+    /// The `CLONE_NEW*` bit.
+    pub nstype: u32,
+    /// "net", "ipc", ... for messages.
+    pub ns_name: &'static str,
+    /// The other container's name, for messages.
+    pub from: String,
+    /// An fd naming the other container ([`Container::ns_fd`]).
+    pub fd: Arc<OwnedFd>,
+}
+
+impl PartialEq for NsShare {
+    fn eq(&self, other: &Self) -> bool {
+        self.nstype == other.nstype && self.from == other.from
+    }
+}
+impl Eq for NsShare {}
+
+/// One entry of a device list (struct container_dev).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Device {
+    /// b'c' or b'b'.
+    pub kind: u8,
+    pub major: u32,
+    /// `None`: every minor.
+    pub minor: Option<u32>,
 }
 
 /// A mount request, already validated.
@@ -141,6 +175,52 @@ pub trait Container: Send + Sync {
     fn procs(&self) -> Vec<libc::pid_t>;
     /// Releases what the container held once it is dead (cgroup directory, keyring).
     fn cleanup(&self);
+
+    // The container fd ioctls of the kernel series (issue 16). A backend that cannot do one
+    // answers EOPNOTSUPP with the operation's name (see [`unsupported`]).
+
+    /// A new fd naming this container, for another container's [`Container::set_namespace`].
+    fn ns_fd(&self) -> Result<OwnedFd> {
+        Err(unsupported("sharing a container's namespaces"))
+    }
+    /// Takes one namespace of another container for processes started from now on.
+    fn set_namespace(&self, share: &NsShare) -> Result<()> {
+        let _ = share;
+        Err(unsupported("setting a container's namespaces"))
+    }
+    /// Kills every member and starts a fresh init (same namespaces, root, cgroup, keyring).
+    fn reboot(&self, reaper: &Reaper) -> Result<Forked> {
+        let _ = reaper;
+        Err(unsupported("rebooting a container"))
+    }
+    /// Moves every member, and later ones, to the (empty) cgroup v2 directory `dir`.
+    fn set_cgroup(&self, dir: &Path) -> Result<()> {
+        let _ = dir;
+        Err(unsupported("moving a container to another cgroup"))
+    }
+    /// Makes `path` (absolute, inside the container) the root of processes started from now on.
+    fn set_root(&self, path: &str) -> Result<()> {
+        let _ = path;
+        Err(unsupported("setting a container's root"))
+    }
+    /// Hands the LSM named `lsm` a policy for this container.
+    fn set_policy(&self, lsm: &str, policy: &[u8]) -> Result<()> {
+        let _ = (lsm, policy);
+        Err(unsupported("setting a container's security policy"))
+    }
+    /// Replaces the list of devices members may open (empty: no list).
+    fn set_devices(&self, devices: &[Device]) -> Result<()> {
+        let _ = devices;
+        Err(unsupported("setting a container's device list"))
+    }
+}
+
+/// The error of an operation only the container-object kernel offers.
+pub fn unsupported(op: &str) -> BackendError {
+    BackendError::new(
+        libc::EOPNOTSUPP,
+        format!("{op} needs the container-object guest kernel; the mainline backend cannot do it"),
+    )
 }
 
 /// Chooses the backend: the kernel's container syscalls when present, else mainline.

@@ -1,9 +1,10 @@
 //! Containers: CreateContainer, ListContainers, Mount, KillContainer, FreezeContainer,
-//! ThawContainer, and the container table's entries (a container dies with its init).
+//! ThawContainer, and the container table's entries (a container dies with its init; a
+//! reboot, in [`super::admin`], gives it a new one).
 
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use capsule_protocol::validate::{
@@ -27,6 +28,8 @@ pub struct ContainerEntry {
     pub ops: Box<dyn Container>,
     pub has_root: AtomicBool,
     pub dead: AtomicBool,
+    /// Counts reboots: each init watches for its own generation.
+    pub init_generation: AtomicU64,
     pub owner: (u32, u32),
     pub listeners: Mutex<HashMap<u64, tokio::task::JoinHandle<()>>>,
 }
@@ -36,7 +39,9 @@ impl Agent {
         self: &Arc<Self>,
         r: pb::CreateContainerRequest,
     ) -> Result<pb::CreateContainerResponse, RpcError> {
-        let spec = validate_create(&r)?;
+        let mut spec = validate_create(&r)?;
+        spec.shares = self.resolve_shares("share_ns", &r.share_ns)?;
+        let devices = super::admin::devices(&r.devices);
         {
             let table = lock(&self.containers);
             if table
@@ -58,8 +63,18 @@ impl Agent {
         }
         let this = self.clone();
         let spec2 = spec.clone();
-        let mut ops =
-            Self::blocking(move || Ok(this.backend.create(&spec2, &this.reaper)?)).await?;
+        let mut ops = Self::blocking(move || {
+            let ops = this.backend.create(&spec2, &this.reaper)?;
+            if !devices.is_empty() {
+                if let Err(e) = ops.set_devices(&devices) {
+                    let _ = ops.kill(libc::SIGKILL);
+                    ops.cleanup();
+                    return Err(RpcError::from(e).with_field("devices"));
+                }
+            }
+            Ok(ops)
+        })
+        .await?;
         if spec.flags & flags::NEW_NET_NS != 0 {
             // A new network namespace starts with lo down; containers expect it up.
             if let Err(e) = ops
@@ -75,6 +90,7 @@ impl Agent {
             flags: spec.flags,
             has_root: AtomicBool::new(spec.root != RootSpec::None),
             dead: AtomicBool::new(false),
+            init_generation: AtomicU64::new(0),
             owner: sys::credentials(),
             listeners: Mutex::new(HashMap::new()),
             ops,
@@ -96,39 +112,32 @@ impl Agent {
             table.insert(spec.name.clone(), entry.clone());
         }
         if let Some(rx) = init_exit {
-            self.watch_init(entry, rx);
+            self.watch_init(entry, rx, 0);
         }
         Ok(resp)
     }
 
     /// When the container's init dies, the container is dead: its members are killed, its
-    /// resources released, its name freed.
-    fn watch_init(
+    /// resources released, its name freed. `generation` is the init's: the end of an init a
+    /// reboot replaced is not the container's.
+    pub(super) fn watch_init(
         self: &Arc<Self>,
         entry: Arc<ContainerEntry>,
         rx: tokio::sync::oneshot::Receiver<ExitStatus>,
+        generation: u64,
     ) {
         let this = self.clone();
         tokio::spawn(async move {
             let status = rx.await;
+            if entry.init_generation.load(Ordering::Acquire) != generation {
+                log::info!("container {} old init ended: {status:?}", entry.name);
+                return;
+            }
             log::info!("container {} init ended: {status:?}", entry.name);
-            entry.dead.store(true, Ordering::Release);
-            for (_, h) in lock(&entry.listeners).drain() {
-                h.abort();
+            if this.restart_if_rebooting(&entry).await {
+                return;
             }
-            let e2 = entry.clone();
-            let _ = tokio::task::spawn_blocking(move || {
-                let _ = e2.ops.kill(libc::SIGKILL);
-                e2.ops.cleanup();
-            })
-            .await;
-            let mut table = lock(&this.containers);
-            if table
-                .get(&entry.name)
-                .is_some_and(|c| Arc::ptr_eq(c, &entry))
-            {
-                table.remove(&entry.name);
-            }
+            this.bury(entry).await;
         });
     }
 
@@ -345,11 +354,23 @@ pub fn validate_create(r: &pb::CreateContainerRequest) -> Result<CreateSpec, Rpc
             ));
         }
         plain_string("hostname", &r.hostname, 64)?;
+        if r.share_ns
+            .iter()
+            .any(|s| s.ns == pb::NamespaceType::NsUts as i32)
+        {
+            return Err(RpcError::invalid(
+                "hostname",
+                "a hostname and a shared uts namespace exclude each other",
+            ));
+        }
     }
+    validate::namespace_shares("share_ns", &r.name, &r.share_ns)?;
+    validate::device_rules("devices", &r.devices)?;
     Ok(CreateSpec {
         name: r.name.clone(),
         flags: f,
         root,
         hostname: r.hostname.clone(),
+        shares: Vec::new(),
     })
 }

@@ -1,9 +1,11 @@
 //! The service: one method per RPC, split by family as `agent.proto` and `docs/api.md` are —
 //! health ([`health`]), containers ([`containers`]), processes ([`processes`]), sockets
-//! ([`sockets`]), keys ([`keys`]), network ([`network`]) — over the container and process tables. It validates every
+//! ([`sockets`]), keys ([`keys`]), network ([`network`]), the container fd operations
+//! ([`admin`]) — over the container and process tables. It validates every
 //! request before the backend sees it and is transport-free, so it is unit-tested with a
 //! test-double backend. What waits for a stream goes to [`crate::attach`], never to the server.
 
+mod admin;
 mod containers;
 mod health;
 mod keys;
@@ -132,6 +134,12 @@ impl Agent {
             ThawContainer => thaw_container,
             Shutdown => shutdown,
             ConfigureNetwork => configure_network,
+            SetNamespaces => set_namespaces,
+            RebootContainer => reboot_container,
+            SetCgroup => set_cgroup,
+            SetRoot => set_root,
+            SetPolicy => set_policy,
+            SetDevices => set_devices,
         }
     }
 

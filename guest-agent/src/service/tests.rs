@@ -11,7 +11,7 @@ use prost::Message;
 
 use super::Agent;
 use crate::backend::{
-    Backend, BackendError, Container, ContainerRow, CreateSpec, Forked, MountSpec,
+    Backend, BackendError, Container, ContainerRow, CreateSpec, Device, Forked, MountSpec, NsShare,
 };
 use crate::lock::lock;
 use crate::reaper::{ExitStatus, Reaper};
@@ -37,6 +37,12 @@ impl Backend for FakeBackend {
             "create {} {:#x} {:?}",
             spec.name, spec.flags, spec.root
         ));
+        for share in &spec.shares {
+            lock(&self.log).push(format!(
+                "create-share {} from {}",
+                share.ns_name, share.from
+            ));
+        }
         Ok(Box::new(FakeContainer {
             log: self.log.clone(),
             frozen: AtomicBool::new(false),
@@ -98,6 +104,40 @@ impl Container for FakeContainer {
         vec![42]
     }
     fn cleanup(&self) {}
+    fn ns_fd(&self) -> crate::backend::Result<OwnedFd> {
+        std::fs::File::open("/dev/null")
+            .map(OwnedFd::from)
+            .map_err(|_| BackendError::new(libc::EMFILE, "no fd"))
+    }
+    fn set_namespace(&self, share: &NsShare) -> crate::backend::Result<()> {
+        lock(&self.log).push(format!(
+            "setns {} {:#x} from {}",
+            share.ns_name, share.nstype, share.from
+        ));
+        if share.ns_name == "pid" {
+            return Err(BackendError::new(
+                libc::EBUSY,
+                "the pid namespace cannot be changed any more",
+            ));
+        }
+        Ok(())
+    }
+    fn set_cgroup(&self, dir: &std::path::Path) -> crate::backend::Result<()> {
+        lock(&self.log).push(format!("cgroup {}", dir.display()));
+        Ok(())
+    }
+    fn set_root(&self, path: &str) -> crate::backend::Result<()> {
+        lock(&self.log).push(format!("root {path}"));
+        Ok(())
+    }
+    fn set_policy(&self, lsm: &str, policy: &[u8]) -> crate::backend::Result<()> {
+        lock(&self.log).push(format!("policy {lsm} {}", String::from_utf8_lossy(policy)));
+        Ok(())
+    }
+    fn set_devices(&self, devices: &[Device]) -> crate::backend::Result<()> {
+        lock(&self.log).push(format!("devices {devices:?}"));
+        Ok(())
+    }
 }
 
 fn agent() -> (Arc<Agent>, Arc<Mutex<Vec<String>>>) {
@@ -329,4 +369,225 @@ async fn exec_mount_kill_validate_before_the_backend() {
         .await
         .unwrap_err();
     assert_eq!(e.code, Code::Unimplemented);
+}
+
+fn share(ns: pb::NamespaceType, from: &str) -> pb::NamespaceShare {
+    pb::NamespaceShare {
+        ns: ns as i32,
+        from_container: from.into(),
+    }
+}
+
+#[tokio::test]
+async fn create_shares_namespaces_and_sets_devices() {
+    let (a, log) = agent();
+    call::<m::CreateContainer>(&a, create("pod", 0x9d))
+        .await
+        .unwrap();
+    let mut req = create("web", 0x9d);
+    req.share_ns = vec![share(pb::NamespaceType::NsNet, "nope")];
+    let e = call::<m::CreateContainer>(&a, req.clone())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code, e.field.as_str()),
+        (Code::NotFound, "share_ns[0].from_container")
+    );
+    req.share_ns = vec![share(pb::NamespaceType::NsUts, "pod")];
+    req.hostname = "h".into();
+    let e = call::<m::CreateContainer>(&a, req.clone())
+        .await
+        .unwrap_err();
+    assert_eq!(e.field, "hostname");
+    req.hostname.clear();
+    req.devices = vec![pb::DeviceRule {
+        kind: 0,
+        major: 5000,
+        minor: 0,
+        any_minor: false,
+    }];
+    let e = call::<m::CreateContainer>(&a, req.clone())
+        .await
+        .unwrap_err();
+    assert_eq!(e.field, "devices[0].major");
+    req.devices = vec![pb::DeviceRule {
+        kind: 0,
+        major: 1,
+        minor: 3,
+        any_minor: false,
+    }];
+    req.share_ns.push(share(pb::NamespaceType::NsNet, "pod"));
+    call::<m::CreateContainer>(&a, req).await.unwrap();
+    let log = lock(&log).clone();
+    assert!(
+        log.contains(&"create-share uts from pod".to_string()),
+        "{log:?}"
+    );
+    assert!(
+        log.contains(&"create-share net from pod".to_string()),
+        "{log:?}"
+    );
+    assert!(
+        log.iter()
+            .any(|l| l.starts_with("devices [Device { kind: 99, major: 1, minor: Some(3) }]")),
+        "{log:?}"
+    );
+}
+
+#[tokio::test]
+async fn container_operations_validate_before_the_backend() {
+    let (a, log) = agent();
+    call::<m::CreateContainer>(&a, create("a", 0x1))
+        .await
+        .unwrap();
+    call::<m::CreateContainer>(&a, create("b", 0x1))
+        .await
+        .unwrap();
+    let setns = |c: &str, shares: Vec<pb::NamespaceShare>| pb::SetNamespacesRequest {
+        container: c.into(),
+        shares,
+    };
+    use pb::NamespaceType::*;
+    let e = call::<m::SetNamespaces>(&a, setns("nope", vec![share(NsNet, "a")]))
+        .await
+        .unwrap_err();
+    assert_eq!((e.code, e.field.as_str()), (Code::NotFound, "container"));
+    let e = call::<m::SetNamespaces>(&a, setns("b", vec![]))
+        .await
+        .unwrap_err();
+    assert_eq!(e.field, "shares");
+    let e = call::<m::SetNamespaces>(&a, setns("b", vec![share(NsNet, "b")]))
+        .await
+        .unwrap_err();
+    assert_eq!(e.field, "shares[0].from_container");
+    let e = call::<m::SetNamespaces>(&a, setns("b", vec![share(NsNet, "zz")]))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code, e.field.as_str()),
+        (Code::NotFound, "shares[0].from_container")
+    );
+    call::<m::SetNamespaces>(&a, setns("b", vec![share(NsNet, "a"), share(NsIpc, "a")]))
+        .await
+        .unwrap();
+    // The backend's refusal comes back with its errno and the entry it is about.
+    let e = call::<m::SetNamespaces>(&a, setns("b", vec![share(NsUts, "a"), share(NsPid, "a")]))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code, e.errno, e.field.as_str()),
+        (Code::FailedPrecondition, libc::EBUSY, "shares[1]")
+    );
+    assert!(e.message.contains("cannot be changed any more"), "{e}");
+
+    let e = call::<m::SetCgroup>(
+        &a,
+        pb::SetCgroupRequest {
+            container: "b".into(),
+            path: "/abs".into(),
+        },
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.field, "path");
+    let e = call::<m::SetRoot>(
+        &a,
+        pb::SetRootRequest {
+            container: "b".into(),
+            path: "rel".into(),
+        },
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.field, "path");
+    call::<m::SetRoot>(
+        &a,
+        pb::SetRootRequest {
+            container: "b".into(),
+            path: "/srv".into(),
+        },
+    )
+    .await
+    .unwrap();
+    let policy = |lsm: &str, p: &[u8]| pb::SetPolicyRequest {
+        container: "b".into(),
+        lsm: lsm.into(),
+        policy: p.to_vec(),
+    };
+    assert_eq!(
+        call::<m::SetPolicy>(&a, policy("", b"mkdir"))
+            .await
+            .unwrap_err()
+            .field,
+        "lsm"
+    );
+    assert_eq!(
+        call::<m::SetPolicy>(&a, policy("l", &[b'x'; 4097]))
+            .await
+            .unwrap_err()
+            .field,
+        "policy"
+    );
+    call::<m::SetPolicy>(&a, policy("container_test", b"mkdir"))
+        .await
+        .unwrap();
+    let devices = |major| pb::SetDevicesRequest {
+        container: "b".into(),
+        devices: vec![pb::DeviceRule {
+            kind: 1,
+            major,
+            minor: 0,
+            any_minor: true,
+        }],
+    };
+    assert_eq!(
+        call::<m::SetDevices>(&a, devices(4096))
+            .await
+            .unwrap_err()
+            .field,
+        "devices[0].major"
+    );
+    call::<m::SetDevices>(&a, devices(254)).await.unwrap();
+    let e = call::<m::RebootContainer>(
+        &a,
+        pb::ContainerRef {
+            container: "nope".into(),
+        },
+    )
+    .await
+    .unwrap_err();
+    assert_eq!((e.code, e.field.as_str()), (Code::NotFound, "container"));
+    // The fake cannot reboot: the mainline answer, naming the operation.
+    let e = call::<m::RebootContainer>(
+        &a,
+        pb::ContainerRef {
+            container: "b".into(),
+        },
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.code, Code::Unimplemented);
+    assert!(e.message.contains("rebooting a container"), "{e}");
+    // ... and the container is still there.
+    call::<m::SetRoot>(
+        &a,
+        pb::SetRootRequest {
+            container: "b".into(),
+            path: "/".into(),
+        },
+    )
+    .await
+    .unwrap();
+
+    let log = lock(&log).clone();
+    for want in [
+        "setns net 0x40000000 from a",
+        "setns ipc 0x8000000 from a",
+        "root /srv",
+        "policy container_test mkdir",
+        "devices [Device { kind: 98, major: 254, minor: None }]",
+    ] {
+        assert!(log.iter().any(|l| l == want), "{want:?} not in {log:?}");
+    }
+    assert!(!log.iter().any(|l| l.starts_with("cgroup")), "{log:?}");
 }
