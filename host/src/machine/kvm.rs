@@ -2,6 +2,7 @@
 
 use capsule_vmm::builder::{MicroVm, VmConfig};
 use capsule_vmm::devices::virtio::block::BlockConfig;
+use capsule_vmm::devices::virtio::fs::FsConfig;
 use capsule_vmm::exit::ExitReason;
 use capsule_vmm::kvm_flavor::{GuestProfile, KvmFlavor};
 
@@ -42,6 +43,14 @@ fn run(config: &MachineConfig) -> Result<(ExitReason, PanicWatch), MachineError>
                 read_only: d.read_only,
                 direct: false,
                 id: None,
+            })
+            .collect(),
+        fs: config
+            .shares
+            .iter()
+            .map(|s| FsConfig {
+                tag: s.tag.clone(),
+                socket: s.socket.clone(),
             })
             .collect(),
         profile: GuestProfile::for_flavor(KvmFlavor::detect()),

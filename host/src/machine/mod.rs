@@ -53,6 +53,15 @@ pub struct Nic {
     pub mac: [u8; 6],
 }
 
+/// A virtio-fs device for the guest, served over vhost-user by a running virtiofsd.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FsDevice {
+    /// The tag the guest mounts it by.
+    pub tag: String,
+    /// The daemon's vhost-user socket.
+    pub socket: PathBuf,
+}
+
 /// What to run, independent of the machine.
 #[derive(Debug, Clone)]
 pub struct MachineConfig {
@@ -69,6 +78,8 @@ pub struct MachineConfig {
     pub disks: Vec<Disk>,
     /// Network interfaces, in the order the guest sees them (eth0, eth1, ...).
     pub nics: Vec<Nic>,
+    /// virtio-fs devices (host directories), each with its daemon already listening.
+    pub shares: Vec<FsDevice>,
     /// Where the guest console goes.
     pub console: PathBuf,
     /// Scratch directory for the machine's own sockets.

@@ -1,5 +1,6 @@
 //! The QEMU machine: QEMU's microvm machine with capsule's vsock device served over vhost-user,
-//! so host programs use the same hybrid-vsock socket as with capsule's own VMM.
+//! so host programs use the same hybrid-vsock socket as with capsule's own VMM, and each share
+//! as a `vhost-user-fs-device` on its virtiofsd.
 
 use std::io::Read;
 use std::os::unix::process::CommandExt;
@@ -87,6 +88,14 @@ pub fn qemu_args(config: &MachineConfig, accel: Accel, vhost_socket: &Path) -> V
         ));
         args.push("-device".into());
         args.push(format!("virtio-blk-device,drive=disk{i}"));
+    }
+    // virtio-fs over vhost-user: the daemon maps guest memory, which is why the memory backend
+    // above is a shared memfd.
+    for (i, fs) in config.shares.iter().enumerate() {
+        args.push("-chardev".into());
+        args.push(format!("socket,id=fs{i},path={}", fs.socket.display()));
+        args.push("-device".into());
+        args.push(format!("vhost-user-fs-device,chardev=fs{i},tag={}", fs.tag));
     }
     args
 }
@@ -233,6 +242,10 @@ mod tests {
                 read_only: true,
             }],
             nics: Vec::new(),
+            shares: vec![crate::machine::FsDevice {
+                tag: "capsule-fs0".into(),
+                socket: "/s/fs0.sock".into(),
+            }],
             console: "/s/console.log".into(),
             run_dir: "/s".into(),
         };
@@ -250,5 +263,7 @@ mod tests {
         assert!(args.contains("vhost-user-vsock-device,chardev=vsock"));
         assert!(args.contains("file=/img/root.ext4,format=raw,if=none,readonly=on"));
         assert!(args.contains("-smp 2"));
+        assert!(args.contains("-chardev socket,id=fs0,path=/s/fs0.sock"));
+        assert!(args.contains("-device vhost-user-fs-device,chardev=fs0,tag=capsule-fs0"));
     }
 }
