@@ -179,7 +179,10 @@ fn files_cross_both_ways(backend: Backend) -> Result<(), String> {
     let meta = io("out.txt", std::fs::metadata(&out))?;
     let got = (meta.uid(), meta.gid(), meta.mode() & 0o7777);
     if got != (4321, 8765, 0o604) {
-        return Err(format!("out.txt on the host: uid, gid, mode {got:o?}"));
+        return Err(format!(
+            "out.txt on the host: uid {} gid {} mode {:o}",
+            got.0, got.1, got.2
+        ));
     }
     // The host's owner and mode, as the container sees them.
     cli.run(&["exec", "web", "--", "stat", "-c", "%u:%g %a", "/data/owned"])?
