@@ -244,3 +244,209 @@ impl Connection {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::os::fd::{FromRawFd, OwnedFd};
+    use std::os::unix::net::UnixListener;
+    use vmm_sys_util::sock_ctrl_msg::ScmSocket;
+
+    // vhost-user request codes (the specification's "front-end message types").
+    const GET_FEATURES: u32 = 1;
+    const SET_FEATURES: u32 = 2;
+    const SET_OWNER: u32 = 3;
+    const SET_MEM_TABLE: u32 = 5;
+    const SET_VRING_NUM: u32 = 8;
+    const SET_VRING_ADDR: u32 = 9;
+    const SET_VRING_BASE: u32 = 10;
+    const GET_VRING_BASE: u32 = 11;
+    const SET_VRING_KICK: u32 = 12;
+    const SET_VRING_CALL: u32 = 13;
+    const GET_PROTOCOL_FEATURES: u32 = 15;
+    const SET_PROTOCOL_FEATURES: u32 = 16;
+    const GET_QUEUE_NUM: u32 = 17;
+    const SET_VRING_ENABLE: u32 = 18;
+
+    /// Offered by the fake backend: VERSION_1, EVENT_IDX and the protocol-features bit.
+    const OFFERED: u64 = (1 << 32) | (1 << 29) | (1 << 30);
+
+    /// One request as the backend received it.
+    #[derive(Debug)]
+    struct Request {
+        code: u32,
+        body: Vec<u8>,
+        fds: usize,
+    }
+
+    impl Request {
+        fn u64_at(&self, at: usize) -> u64 {
+            u64::from_le_bytes(self.body[at..at + 8].try_into().unwrap())
+        }
+    }
+
+    /// A backend that answers the GET requests, records every request and stops at the first
+    /// GET_VRING_BASE of queue 1 or at end of stream.
+    fn fake_backend(listener: UnixListener) -> std::thread::JoinHandle<Vec<Request>> {
+        std::thread::spawn(move || {
+            let (mut sock, _) = listener.accept().unwrap();
+            let mut log = Vec::new();
+            loop {
+                let mut hdr = [0u8; 12];
+                let mut fds = [-1; 8];
+                let mut iov = [libc::iovec {
+                    iov_base: hdr.as_mut_ptr().cast(),
+                    iov_len: hdr.len(),
+                }];
+                // SAFETY: the iovec points at `hdr`, which outlives the call.
+                let Ok((n, nfds)) = (unsafe { sock.recv_with_fds(&mut iov, &mut fds) }) else {
+                    break;
+                };
+                if n == 0 {
+                    break;
+                }
+                for fd in &fds[..nfds] {
+                    // SAFETY: received descriptors are ours to close.
+                    drop(unsafe { OwnedFd::from_raw_fd(*fd) });
+                }
+                let code = u32::from_le_bytes(hdr[0..4].try_into().unwrap());
+                let size = u32::from_le_bytes(hdr[8..12].try_into().unwrap()) as usize;
+                let mut body = vec![0u8; size];
+                sock.read_exact(&mut body).unwrap();
+                let reply = match code {
+                    GET_FEATURES => Some(OFFERED.to_le_bytes().to_vec()),
+                    // MQ only: no REPLY_ACK, so SET requests get no answer.
+                    GET_PROTOCOL_FEATURES => Some(1u64.to_le_bytes().to_vec()),
+                    GET_QUEUE_NUM => Some(2u64.to_le_bytes().to_vec()),
+                    GET_VRING_BASE => Some(body[..4].iter().chain(&[0; 4]).copied().collect()),
+                    _ => None,
+                };
+                if let Some(reply) = reply {
+                    let mut msg = hdr[0..4].to_vec();
+                    msg.extend_from_slice(&0x5u32.to_le_bytes()); // version 1, reply
+                    msg.extend_from_slice(&(reply.len() as u32).to_le_bytes());
+                    msg.extend_from_slice(&reply);
+                    sock.write_all(&msg).unwrap();
+                }
+                let done = code == GET_VRING_BASE && body[..4] == [1, 0, 0, 0];
+                log.push(Request {
+                    code,
+                    body,
+                    fds: nfds,
+                });
+                if done {
+                    break;
+                }
+            }
+            log
+        })
+    }
+
+    fn queue(mem: &GuestMemoryMmap, base: u64, ready: bool) -> Queue {
+        let mut q = Queue::new(256).unwrap();
+        q.set_size(64);
+        q.try_set_desc_table_address(GuestAddress(base)).unwrap();
+        q.try_set_avail_ring_address(GuestAddress(base + 0x1000))
+            .unwrap();
+        q.try_set_used_ring_address(GuestAddress(base + 0x2000))
+            .unwrap();
+        q.set_ready(ready);
+        assert!(!ready || q.is_valid(mem));
+        q
+    }
+
+    fn socket_path(tag: &str) -> PathBuf {
+        std::env::temp_dir().join(format!("capsule-vu-{tag}-{}.sock", std::process::id()))
+    }
+
+    #[test]
+    fn negotiates_then_hands_over_memory_and_ready_queues() {
+        let path = socket_path("activate");
+        let _ = std::fs::remove_file(&path);
+        let backend = fake_backend(UnixListener::bind(&path).unwrap());
+        let mut conn = Connection::connect(&path, 2).unwrap();
+        assert_eq!(
+            conn.backend_features(),
+            (1 << 32) | (1 << 29),
+            "the protocol-features bit is not the driver's"
+        );
+        let mem = crate::memory::create_shared_guest_memory(4).unwrap();
+        let queues = [queue(&mem, 0x10000, true), queue(&mem, 0x20000, true)];
+        let evts = || -> Vec<EventFd> { (0..2).map(|_| EventFd::new(0).unwrap()).collect() };
+        let (kicks, calls) = (evts(), evts());
+        // The driver accepted VERSION_1 only.
+        conn.activate(&mem, 1 << 32, &queues, &kicks, &calls)
+            .unwrap();
+        conn.reset().unwrap();
+        drop(conn);
+        let log = backend.join().unwrap();
+        let codes: Vec<u32> = log.iter().map(|r| r.code).collect();
+        let per_queue = [
+            SET_VRING_NUM,
+            SET_VRING_ADDR,
+            SET_VRING_BASE,
+            SET_VRING_CALL,
+            SET_VRING_KICK,
+            SET_VRING_ENABLE,
+        ];
+        let mut want = vec![
+            SET_OWNER,
+            GET_FEATURES,
+            GET_PROTOCOL_FEATURES,
+            SET_PROTOCOL_FEATURES,
+            GET_QUEUE_NUM,
+            SET_FEATURES,
+            SET_MEM_TABLE,
+        ];
+        want.extend(per_queue);
+        want.extend(per_queue);
+        want.extend([
+            SET_VRING_ENABLE,
+            GET_VRING_BASE,
+            SET_VRING_ENABLE,
+            GET_VRING_BASE,
+        ]);
+        assert_eq!(codes, want);
+
+        let find = |code| log.iter().find(|r| r.code == code).unwrap();
+        // The driver's features plus the protocol-features bit; the memory table is one
+        // region (4 MiB at 0) with the memfd attached.
+        assert_eq!(find(SET_FEATURES).u64_at(0), (1 << 32) | (1 << 30));
+        let table = find(SET_MEM_TABLE);
+        assert_eq!((table.body[0], table.fds), (1, 1));
+        assert_eq!((table.u64_at(8), table.u64_at(16)), (0, 4 << 20));
+        // Ring addresses are this process's mapping of the guest addresses.
+        let addr = find(SET_VRING_ADDR);
+        let hva = |gpa| mem.get_host_address(GuestAddress(gpa)).unwrap() as u64;
+        assert_eq!(addr.u64_at(8), hva(0x10000), "descriptor table");
+        assert_eq!(addr.u64_at(16), hva(0x12000), "used ring");
+        assert_eq!(addr.u64_at(24), hva(0x11000), "available ring");
+        assert_eq!(find(SET_VRING_KICK).fds, 1);
+        assert_eq!(find(SET_VRING_CALL).fds, 1);
+        let _ = std::fs::remove_file(&path);
+    }
+
+    #[test]
+    fn private_memory_and_mismatched_eventfds_are_errors() {
+        let path = socket_path("private");
+        let _ = std::fs::remove_file(&path);
+        let _backend = fake_backend(UnixListener::bind(&path).unwrap());
+        let mut conn = Connection::connect(&path, 2).unwrap();
+        let mem = crate::memory::create_guest_memory(4).unwrap();
+        let queues = [queue(&mem, 0x10000, true), queue(&mem, 0x20000, false)];
+        let evts = || -> Vec<EventFd> { (0..2).map(|_| EventFd::new(0).unwrap()).collect() };
+        let err = conn
+            .activate(&mem, 1 << 32, &queues, &evts(), &evts())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not file-backed"), "{err}");
+        assert!(err.contains(&path.display().to_string()), "{err}");
+        let err = conn
+            .activate(&mem, 1 << 32, &queues, &evts(), &evts()[..1])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("call eventfds"), "{err}");
+        let _ = std::fs::remove_file(&path);
+    }
+}
