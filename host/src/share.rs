@@ -54,6 +54,8 @@ pub enum ShareError {
     TargetNotAbsolute { host_dir: PathBuf, target: String },
     #[error("share {host_dir}: target {target:?} is already the target of another share")]
     DuplicateTarget { host_dir: PathBuf, target: String },
+    #[error("share {host_dir}: target \"/\" is the container's root: use --rootfs-dir for that")]
+    RootTarget { host_dir: PathBuf },
     #[error("share {host_dir}: tag {tag:?} is empty, longer than {MAX_TAG_LEN} bytes, or not plain ASCII")]
     Tag { host_dir: PathBuf, tag: String },
 }

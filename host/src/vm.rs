@@ -405,6 +405,12 @@ pub fn prepare(req: CreateRequest) -> Result<Prepared, CreateError> {
         });
     }
     for (i, s) in req.shares.iter().enumerate() {
+        if s.target.trim_end_matches('/').is_empty() {
+            let e = share::ShareError::RootTarget {
+                host_dir: s.host_dir.clone(),
+            };
+            return Err(SpecError::from(e).into());
+        }
         shares.push(Share {
             host_dir: absolute(&s.host_dir)?,
             target: s.target.clone(),

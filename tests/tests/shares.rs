@@ -347,6 +347,9 @@ fn bad_shares_refused_before_boot(backend: Backend) -> Result<(), String> {
     ])?
     .expect_code(1)?
     .expect_stderr_has(&["target \"/srv\" is already the target of another share"])?;
+    create(&["--share", &format!("{dir}:/")])?
+        .expect_code(1)?
+        .expect_stderr_has(&["is the container's root: use --rootfs-dir"])?;
     create(&["--rootfs-dir", &arg(&missing)])?
         .expect_code(1)?
         .expect_stderr_has(&["does not exist"])?;
