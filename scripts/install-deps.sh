@@ -18,6 +18,8 @@ packages=(
   git
   # the L1 test machine (scripts/build-l1.sh): its kernel is unpacked from an xz bzImage payload
   xz-utils file
+  # virtiofsd, built from crates.io (scripts/install-virtiofsd.sh)
+  libseccomp-dev libcap-ng-dev pkg-config
 )
 
 missing=()

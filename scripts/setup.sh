@@ -3,7 +3,8 @@
 #   1. Debian packages (QEMU, kernel source, busybox, e2fsprogs, ...)
 #   2. the capsule binary, installed as /usr/local/bin/capsule
 #   3. the default guest: container-object kernel (cached in ~/.cache/capsule), agent, initramfs
-#   4. capsule create demo && capsule exec demo -- uname -a
+#   4. virtiofsd (crates.io, pinned, cached in ~/.cache/capsule/virtiofsd) for host directories
+#   5. capsule create demo && capsule exec demo -- uname -a
 # A second run reuses every cache and takes seconds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,6 +26,9 @@ echo "installed /usr/local/bin/capsule"
 
 say "default guest (the first kernel build takes several minutes)"
 ./scripts/build-guest.sh
+
+say "virtiofsd for --share and --rootfs-dir (the first build takes several minutes)"
+./scripts/install-virtiofsd.sh
 
 say "capsule create demo && capsule exec demo -- uname -a"
 if capsule ls | awk 'NR > 1 {print $1}' | grep -qx demo; then

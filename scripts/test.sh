@@ -12,6 +12,9 @@ step "dependencies"
 step "default guest: kernel (cached by input hash), static agent, initramfs"
 ./scripts/build-guest.sh
 
+step "virtiofsd for the share tests (crates.io, pinned; cached by version)"
+./scripts/install-virtiofsd.sh
+
 step "L1 test machine (Debian's kernel with emulated SVM; cached by package version)"
 ./scripts/build-l1.sh
 

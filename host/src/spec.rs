@@ -10,6 +10,7 @@ use capsule_vmm::memory::MemoryError;
 use serde::{Deserialize, Serialize};
 
 use crate::machine::{Disk, MachineKind};
+use crate::share::{Share, ShareError};
 use crate::state::{validate_name, StateError};
 
 /// Most vCPUs of a VM on any machine (what an MP table can describe).
@@ -39,6 +40,13 @@ pub struct VmSpec {
     #[serde(default)]
     pub upcalls: BTreeMap<String, PathBuf>,
     pub upcall_timeout_secs: u64,
+    /// Host directories in the container (`--share`, `--rootfs-dir` as the one with target
+    /// `/`), each served by its own virtiofsd.
+    #[serde(default)]
+    pub shares: Vec<Share>,
+    /// The virtiofsd that serves them ([`crate::virtiofsd::find`]); `None` when not found.
+    #[serde(default)]
+    pub virtiofsd: Option<PathBuf>,
     /// The VM's place on a host network (`None`: `--net none`, only lo in the guest).
     #[serde(default)]
     pub network: Option<crate::network::Attachment>,
@@ -83,11 +91,20 @@ pub enum SpecError {
     },
     #[error("image {0} is neither ext4 nor erofs (build one with `capsule image build`)")]
     UnknownFsType(PathBuf),
+    #[error(transparent)]
+    Share(#[from] ShareError),
+    #[error(
+        "virtiofsd is not installed (looked at {0}): install it with scripts/install-virtiofsd.sh"
+    )]
+    VirtiofsdMissing(String),
+    #[error("virtiofsd {0} does not exist or is not a file (check ${env})", env = crate::virtiofsd::ENV)]
+    VirtiofsdNotAFile(PathBuf),
 }
 
 impl VmSpec {
     /// Checks every setting before anything starts: the name, vCPUs, memory, the guest CID,
-    /// that the kernel, initrd, disks and upcall helpers exist, and that the kernel and initrd
+    /// that the kernel, initrd, disks and upcall helpers exist, the shares (host directories,
+    /// targets, and that virtiofsd is there to serve them), and that the kernel and initrd
     /// load into the VM's memory (with the VMM's own loader, whatever the machine).
     pub fn check(&self) -> Result<(), SpecError> {
         validate_name(&self.name)?;
@@ -114,6 +131,18 @@ impl VmSpec {
                     key_type: key_type.clone(),
                     path: path.clone(),
                 });
+            }
+        }
+        crate::share::check(&self.shares)?;
+        if !self.shares.is_empty() {
+            match &self.virtiofsd {
+                None => {
+                    return Err(SpecError::VirtiofsdMissing(
+                        crate::virtiofsd::search_description(),
+                    ))
+                }
+                Some(p) if !p.is_file() => return Err(SpecError::VirtiofsdNotAFile(p.clone())),
+                Some(_) => {}
             }
         }
         let memory = |source| SpecError::Memory {
@@ -183,6 +212,8 @@ mod tests {
             upcall_timeout_secs: 10,
             network: None,
             seccomp: true,
+            shares: Vec::new(),
+            virtiofsd: None,
         };
         let text = serde_json::to_string(&spec).unwrap();
         assert!(text.contains("\"backend\":\"qemu-tcg\""));
@@ -211,6 +242,8 @@ mod tests {
             upcall_timeout_secs: 10,
             network: None,
             seccomp: true,
+            shares: Vec::new(),
+            virtiofsd: None,
         };
         (spec, dir)
     }
@@ -283,6 +316,55 @@ mod tests {
             let text = err.to_string();
             assert!(text.contains(want), "{text:?} lacks {want:?}");
         }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn shares_are_checked_and_need_virtiofsd() {
+        let (good, dir) = spec("shares");
+        let share = crate::share::Share {
+            host_dir: dir.clone(),
+            target: "/srv".into(),
+            read_only: true,
+            tag: crate::share::tag(0, false),
+        };
+        let with = |shares: Vec<crate::share::Share>, virtiofsd: Option<PathBuf>| VmSpec {
+            shares,
+            virtiofsd,
+            ..good.clone()
+        };
+        let text = with(vec![share.clone()], None)
+            .check()
+            .unwrap_err()
+            .to_string();
+        assert!(text.contains("virtiofsd is not installed"), "{text}");
+        assert!(text.contains("scripts/install-virtiofsd.sh"), "{text}");
+        let text = with(vec![share.clone()], Some(dir.join("no-virtiofsd")))
+            .check()
+            .unwrap_err()
+            .to_string();
+        assert!(text.contains("no-virtiofsd does not exist"), "{text}");
+        let twice = vec![
+            share.clone(),
+            crate::share::Share {
+                tag: "t1".into(),
+                ..share.clone()
+            },
+        ];
+        let text = with(twice, Some(good.kernel.clone()))
+            .check()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            text.contains("already the target of another share"),
+            "{text}"
+        );
+        // Shares that pass: the kernel is looked at next.
+        let text = with(vec![share], Some(good.kernel.clone()))
+            .check()
+            .unwrap_err()
+            .to_string();
+        assert!(text.contains("is neither an ELF vmlinux"), "{text}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -15,6 +15,7 @@ use crate::machine::{self, MachineConfig, MachineEnd, MachineError, Nic};
 use crate::spec::VmSpec;
 use crate::state::{process_start_time, Phase, StateDir, StateError, Status};
 use crate::upcall::{self, UpcallRoutes};
+use crate::virtiofsd::{self, Virtiofsd};
 
 /// Errors that keep the supervisor from running the VM at all.
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +74,18 @@ pub fn supervise(state: &StateDir) -> Result<Phase, SupervisorError> {
         },
     )?;
 
+    // One virtiofsd per share, started from this thread so that they die with it
+    // (PR_SET_PDEATHSIG), and stopped when this function returns (Drop).
+    let mut daemons = match start_virtiofsds(&spec, state) {
+        Ok(daemons) => daemons,
+        Err(e) => {
+            warn!("VM {}: {e}", spec.name);
+            status.phase = Phase::Dead;
+            status.reason = Some(format!("a share could not be served: {}", error_chain(&e)));
+            state.write_status(&status)?;
+            return Ok(Phase::Dead);
+        }
+    };
     let networks = crate::network::store();
     let mut nics = Vec::new();
     if let Some(att) = &spec.network {
@@ -102,6 +115,13 @@ pub fn supervise(state: &StateDir) -> Result<Phase, SupervisorError> {
         disks: spec.disks.clone(),
         nics,
         netns: spec.network.as_ref().and_then(|n| n.netns.clone()),
+        shares: daemons
+            .iter()
+            .map(|d| machine::FsDevice {
+                tag: d.share().tag.clone(),
+                socket: d.socket().to_path_buf(),
+            })
+            .collect(),
         console: state.console_path(),
         run_dir: state.dir().to_path_buf(),
         seccomp: spec.seccomp,
@@ -117,6 +137,7 @@ pub fn supervise(state: &StateDir) -> Result<Phase, SupervisorError> {
 
     let started = Instant::now();
     let mut agent_ready = false;
+    let mut share_lost = None;
     let end = loop {
         match done_rx.recv_timeout(HEALTH_POLL) {
             Ok(end) => break end,
@@ -130,13 +151,21 @@ pub fn supervise(state: &StateDir) -> Result<Phase, SupervisorError> {
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {}
         }
+        if share_lost.is_none() && !state.dir().join(STOP_REQUESTED).exists() {
+            if let Some(why) = virtiofsd_ended(&mut daemons) {
+                warn!("VM {}: {why}", spec.name);
+                status.reason = Some(why.clone());
+                state.write_status(&status)?;
+                share_lost = Some(why);
+            }
+        }
         if !agent_ready && agent_answers(&vsock_uds) {
             agent_ready = true;
             status.phase = Phase::Running;
-            status.reason = Some(format!(
+            status.reason = share_lost.clone().or(Some(format!(
                 "agent answered {:.1} s after start",
                 started.elapsed().as_secs_f64()
-            ));
+            )));
             state.write_status(&status)?;
             info!(
                 "VM {}: {}",
@@ -152,7 +181,12 @@ pub fn supervise(state: &StateDir) -> Result<Phase, SupervisorError> {
         }
     }
     let stop_requested = state.dir().join(STOP_REQUESTED).exists();
-    let (phase, reason) = final_phase(end, agent_ready, stop_requested);
+    // The machine is gone: its daemons go too (kill + wait), before the status says so.
+    drop(daemons);
+    let (phase, mut reason) = final_phase(end, agent_ready, stop_requested);
+    if let (Some(why), false) = (share_lost, stop_requested) {
+        reason = format!("{reason}; earlier: {why}");
+    }
     status.phase = phase;
     status.reason = Some(reason);
     state.write_status(&status)?;
@@ -169,6 +203,47 @@ pub fn supervise(state: &StateDir) -> Result<Phase, SupervisorError> {
         let _ = std::fs::remove_file(path);
     }
     Ok(phase)
+}
+
+/// Starts the virtiofsd of every share of `spec`, its socket `fsN.sock` in the state directory.
+fn start_virtiofsds(
+    spec: &VmSpec,
+    state: &StateDir,
+) -> Result<Vec<Virtiofsd>, virtiofsd::VirtiofsdError> {
+    let Some(program) = &spec.virtiofsd else {
+        // VmSpec::check refuses shares without virtiofsd.
+        return Ok(Vec::new());
+    };
+    spec.shares
+        .iter()
+        .enumerate()
+        .map(|(i, share)| {
+            let daemon =
+                Virtiofsd::start(program, share, &state.dir().join(format!("fs{i}.sock")))?;
+            info!(
+                "VM {}: virtiofsd {} serves {} as {} (tag {})",
+                spec.name,
+                daemon.pid(),
+                share.host_dir.display(),
+                share.target,
+                share.tag
+            );
+            Ok(daemon)
+        })
+        .collect()
+}
+
+/// Why the VM lost a share, if a daemon has ended: the first one that has.
+fn virtiofsd_ended(daemons: &mut [Virtiofsd]) -> Option<String> {
+    daemons.iter_mut().find_map(|d| {
+        let status = d.exited()?;
+        let share = d.share();
+        Some(format!(
+            "virtiofsd of share {}:{} exited ({status}): its files no longer answer",
+            share.host_dir.display(),
+            share.target
+        ))
+    })
 }
 
 const HANDLED: [libc::c_int; 3] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP];
@@ -211,7 +286,8 @@ pub fn run_process(dir: &Path) -> Result<Phase, SupervisorError> {
                 let _ = crate::network::deactivate(&crate::network::store(), att);
             }
         }
-        // QEMU, if any, dies with us (PR_SET_PDEATHSIG); capsule's own VMM is this process.
+        // QEMU and the virtiofsds, if any, die with us (PR_SET_PDEATHSIG); so does capsule's
+        // VMM process.
         std::process::exit(0);
     });
     supervise(&state)

@@ -14,6 +14,7 @@ use capsule_protocol::{pb, Client, ClientError, HybridVsock};
 
 use crate::machine::{select_machine, Disk, MachineChoice, MachineKind};
 use crate::paths::{default_initramfs, default_kernel, MissingGuest};
+use crate::share::{self, Share};
 use crate::spec::{detect_fstype, SpecError, VmSpec};
 use crate::state::{default_root, process_alive, Phase, StateDir, StateError, Status};
 use crate::supervisor::{STOP_REQUESTED, SUPERVISE_COMMAND};
@@ -42,6 +43,15 @@ pub struct Volume {
     pub read_only: bool,
 }
 
+/// A host directory mounted in the container (`--share HOST_DIR:/path[:ro]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedDir {
+    pub host_dir: PathBuf,
+    /// Absolute path inside the container.
+    pub target: String,
+    pub read_only: bool,
+}
+
 /// What a front end asks [`create`] for.
 #[derive(Debug, Clone)]
 pub struct CreateRequest {
@@ -53,8 +63,13 @@ pub struct CreateRequest {
     pub initrd: Option<PathBuf>,
     /// Root filesystem image of the container; `None` keeps the initramfs as its root.
     pub rootfs: Option<PathBuf>,
+    /// A host directory as the container's root (served over virtio-fs); excludes `rootfs`.
+    pub rootfs_dir: Option<PathBuf>,
+    /// Mount the root (`rootfs` or `rootfs_dir`) read-write.
     pub rootfs_writable: bool,
     pub volumes: Vec<Volume>,
+    /// Host directories mounted in the container.
+    pub shares: Vec<SharedDir>,
     /// container_create() flags ([`capsule_protocol::container::flags`]).
     pub flags: u32,
     /// The devices the container's members may open (empty: no list).
@@ -93,6 +108,10 @@ pub enum CreateError {
     MissingGuest(#[from] MissingGuest),
     #[error("invalid path {0}")]
     Path(PathBuf, #[source] std::io::Error),
+    #[error(
+        "--rootfs {image} and --rootfs-dir {dir} exclude each other: a container has one root"
+    )]
+    TwoRoots { image: PathBuf, dir: PathBuf },
     #[error("cannot write {0}")]
     Write(PathBuf, #[source] std::io::Error),
     #[error("cannot start the VM supervisor")]
@@ -260,14 +279,21 @@ impl Prepared {
         let client = connect(&vm.state.vsock_path(), self.agent_timeout)
             .map_err(|e| Box::new(SetupError::Connect(e)))?;
         let name = &self.spec.name;
-        let (root, root_source, root_fstype, root_options) = match self.rootfs {
-            Some((fstype, writable)) => (
+        let root_share = self.spec.shares.iter().find(|s| s.is_root());
+        let (root, root_source, root_fstype, root_options) = match (root_share, self.rootfs) {
+            (Some(share), _) => (
+                pb::RootKind::RootVirtiofs,
+                share.tag.clone(),
+                String::new(),
+                if share.read_only { "ro" } else { "rw" }.to_string(),
+            ),
+            (None, Some((fstype, writable))) => (
                 pb::RootKind::RootBlock,
                 "/dev/vda".to_string(),
                 fstype.to_string(),
                 if writable { "rw" } else { "ro" }.to_string(),
             ),
-            None => (
+            (None, None) => (
                 pb::RootKind::RootInitramfs,
                 String::new(),
                 String::new(),
@@ -339,6 +365,24 @@ impl Prepared {
                     })
                 })?;
         }
+        for share in self.spec.shares.iter().filter(|s| !s.is_root()) {
+            client
+                .call::<Mount>(&pb::MountRequest {
+                    container: name.clone(),
+                    fstype: "virtiofs".to_string(),
+                    source: share.tag.clone(),
+                    options: if share.read_only { "ro" } else { "rw" }.to_string(),
+                    target: share.target.clone(),
+                    mkdir: true,
+                })
+                .map_err(|source| {
+                    Box::new(SetupError::Mount {
+                        image: share.host_dir.clone(),
+                        target: share.target.clone(),
+                        source,
+                    })
+                })?;
+        }
         Ok(())
     }
 }
@@ -390,6 +434,40 @@ pub fn prepare(req: CreateRequest) -> Result<Prepared, CreateError> {
             read_only: v.read_only,
         });
     }
+    if let (Some(image), Some(dir)) = (&req.rootfs, &req.rootfs_dir) {
+        return Err(CreateError::TwoRoots {
+            image: image.clone(),
+            dir: dir.clone(),
+        });
+    }
+    let mut shares = Vec::new();
+    if let Some(dir) = &req.rootfs_dir {
+        shares.push(Share {
+            host_dir: absolute(dir)?,
+            target: share::ROOT_TARGET.to_string(),
+            read_only: !req.rootfs_writable,
+            tag: share::tag(0, true),
+        });
+    }
+    for (i, s) in req.shares.iter().enumerate() {
+        if s.target.trim_end_matches('/').is_empty() {
+            let e = share::ShareError::RootTarget {
+                host_dir: s.host_dir.clone(),
+            };
+            return Err(SpecError::from(e).into());
+        }
+        shares.push(Share {
+            host_dir: absolute(&s.host_dir)?,
+            target: s.target.clone(),
+            read_only: s.read_only,
+            tag: share::tag(i, false),
+        });
+    }
+    let virtiofsd = if shares.is_empty() {
+        None
+    } else {
+        crate::virtiofsd::find()
+    };
     let (machine, machine_reason) = select_machine(req.machine);
     let mut spec = VmSpec {
         name: req.name,
@@ -406,6 +484,8 @@ pub fn prepare(req: CreateRequest) -> Result<Prepared, CreateError> {
         upcall_timeout_secs: req.upcall_timeout.as_secs(),
         network: None,
         seccomp: req.seccomp,
+        shares,
+        virtiofsd,
     };
     spec.check()?;
     if let Some(net) = &req.network {

@@ -47,6 +47,24 @@ pub fn plain_string(field: &str, s: &str, max: usize) -> Result<(), RpcError> {
     Ok(())
 }
 
+/// Longest virtio-fs tag: the device's config space holds 36 bytes.
+pub const MAX_VIRTIOFS_TAG_LEN: usize = 36;
+
+/// A virtio-fs tag (the mount source of a `virtiofs` mount): 1 to [`MAX_VIRTIOFS_TAG_LEN`]
+/// bytes of printable ASCII.
+pub fn virtiofs_tag(field: &str, tag: &str) -> Result<(), RpcError> {
+    if tag.is_empty()
+        || tag.len() > MAX_VIRTIOFS_TAG_LEN
+        || !tag.bytes().all(|b| b.is_ascii_graphic())
+    {
+        return Err(RpcError::invalid(
+            field,
+            format!("virtio-fs tag {tag:?}: 1 to {MAX_VIRTIOFS_TAG_LEN} bytes of printable ASCII"),
+        ));
+    }
+    Ok(())
+}
+
 /// An absolute path without NUL bytes, `..` components or excess length.
 pub fn absolute_path(field: &str, p: &str) -> Result<(), RpcError> {
     plain_string(field, p, MAX_PATH_LEN)?;

@@ -24,6 +24,7 @@ use crate::devices::legacy::serial::{
 };
 use crate::devices::legacy::EventFdTrigger;
 use crate::devices::virtio::block::{Block, BlockConfig, BlockError};
+use crate::devices::virtio::fs::{Fs, FsConfig, FsError};
 use crate::devices::virtio::mmio::{
     MmioError, MmioTransport, MMIO_WINDOW_SIZE, QUEUE_NOTIFY_OFFSET,
 };
@@ -64,6 +65,8 @@ pub struct VmConfig {
     /// virtio-net devices on existing host TAPs, in the order the guest names them (eth0,
     /// eth1, ...).
     pub nics: Vec<NetConfig>,
+    /// virtio-fs devices on vhost-user backends; with any, guest memory is a shared memfd.
+    pub fs: Vec<FsConfig>,
     pub profile: GuestProfile,
     /// Run each thread under its seccomp filter (`crate::seccomp`); off only for debugging.
     pub seccomp: bool,
@@ -114,6 +117,8 @@ pub enum BuildError {
     Disk(#[source] BlockError),
     #[error("cannot attach a virtio-net interface")]
     Nic(#[source] NetError),
+    #[error("cannot attach a virtio-fs device")]
+    Fs(#[source] FsError),
 }
 
 type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
@@ -279,7 +284,13 @@ impl MicroVm {
                 max: MAX_CPUS.into(),
                 limit: "an MP table can describe",
             })?;
-        let mem = memory::create_guest_memory(config.memory_mib)?;
+        // A vhost-user backend maps guest memory itself: only then is it a shared memfd
+        // (anonymous memory otherwise, as before).
+        let mem = if config.fs.is_empty() {
+            memory::create_guest_memory(config.memory_mib)?
+        } else {
+            memory::create_shared_guest_memory(config.memory_mib)?
+        };
         clock.step("memory");
 
         // Creating the VM mostly waits in the kernel (SRCU grace periods when the IRQ routing
@@ -386,6 +397,18 @@ impl MicroVm {
                 &mut events,
                 &mut slots,
                 Arc::new(Mutex::new(net)),
+            )?;
+        }
+
+        for fs in &config.fs {
+            let fs = Fs::new(fs).map_err(BuildError::Fs)?;
+            attach_virtio(
+                &vm,
+                &mem,
+                &mut mmio_bus,
+                &mut events,
+                &mut slots,
+                Arc::new(Mutex::new(fs)),
             )?;
         }
 

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use capsule_host::vm::{Key, Vm, Volume};
+use capsule_host::vm::{Key, SharedDir, Vm, Volume};
 use capsule_protocol::Client;
 
 /// How long one agent call may take before the CLI gives up (override: CAPSULE_AGENT_TIMEOUT,
@@ -130,6 +130,25 @@ pub fn parse_volume(spec: &str) -> Result<Volume> {
     })
 }
 
+/// Parses a `HOST_DIR:/path[:ro]` share (the library checks the directory and the target).
+pub fn parse_share(spec: &str) -> Result<SharedDir> {
+    let (rest, read_only) = match spec.strip_suffix(":ro") {
+        Some(rest) => (rest, true),
+        None => (spec.strip_suffix(":rw").unwrap_or(spec), false),
+    };
+    let Some((host_dir, target)) = rest.rsplit_once(':') else {
+        bail!("invalid --share {spec:?}: expected HOST_DIR:/path[:ro]");
+    };
+    if host_dir.is_empty() {
+        bail!("invalid --share {spec:?}: the host directory is empty");
+    }
+    Ok(SharedDir {
+        host_dir: PathBuf::from(host_dir),
+        target: target.to_string(),
+        read_only,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -182,6 +201,24 @@ mod tests {
         assert!(!parse_volume("d.img:/x").unwrap().read_only);
         assert!(parse_volume("d.img").is_err());
         assert!(parse_volume("d.img:relative").is_err());
+    }
+
+    #[test]
+    fn shares() {
+        assert_eq!(
+            parse_share("./site:/srv:ro").unwrap(),
+            SharedDir {
+                host_dir: "./site".into(),
+                target: "/srv".into(),
+                read_only: true
+            }
+        );
+        let rw = parse_share("/a:b:/data").unwrap();
+        assert_eq!((rw.host_dir.to_str(), rw.read_only), (Some("/a:b"), false));
+        assert!(parse_share("/site").is_err());
+        assert!(parse_share(":/srv").is_err());
+        // A relative target is the library's to refuse (VmSpec::check), with the share named.
+        assert_eq!(parse_share("/site:srv").unwrap().target, "srv");
     }
 
     #[test]

@@ -16,7 +16,8 @@ use super::MachineArg;
 #[derive(Args, Debug)]
 #[command(
     after_help = "Examples:\n  capsule create demo\n  capsule create web --rootfs root.ext4 \
-    --volume data.ext4:/data --memory 512\n  capsule create db --key user:db-password=./secret \
+    --volume data.ext4:/data --memory 512\n  capsule create site --share ./site:/srv:ro\n  \
+    capsule create tree --rootfs-dir ./rootfs\n  capsule create db --key user:db-password=./secret \
     --upcall dns_resolver=/usr/local/bin/my-resolver\n  capsule create web --publish 8080:80\n  \
     capsule create isolated --net none\n  capsule create sandbox --devices \
     'c 1:3,c 1:5,c 1:8,c 1:9,c 5:0,c 136:*'\n\nFurther containers in the VM: `capsule container add`."
@@ -38,13 +39,23 @@ pub struct CreateArgs {
     #[arg(long, value_name = "IMAGE")]
     rootfs: Option<PathBuf>,
 
-    /// Mount the --rootfs image read-write (default: read-only).
-    #[arg(long, requires = "rootfs")]
+    /// A host directory as the container's root, served over virtio-fs by virtiofsd
+    /// (scripts/install-virtiofsd.sh installs it).
+    #[arg(long, value_name = "DIR", conflicts_with = "rootfs")]
+    rootfs_dir: Option<PathBuf>,
+
+    /// Mount the --rootfs image or --rootfs-dir directory read-write (default: read-only).
+    #[arg(long)]
     rootfs_rw: bool,
 
     /// Another image mounted in the container: IMAGE:/path[:ro]. Repeatable.
     #[arg(long = "volume", value_name = "IMAGE:/PATH[:ro]")]
     volumes: Vec<String>,
+
+    /// A host directory mounted in the container over virtio-fs: HOST_DIR:/path[:ro].
+    /// Repeatable; one virtiofsd serves each.
+    #[arg(long = "share", value_name = "HOST_DIR:/PATH[:ro]")]
+    shares: Vec<String>,
 
     /// container_create() flags: comma-separated names (fs, empty-fs, cgroup, uts, ipc, user,
     /// pid, net, kill-on-close, cloexec) or a number.
@@ -132,6 +143,14 @@ fn request(args: CreateArgs) -> Result<CreateRequest> {
         .iter()
         .map(|v| common::parse_volume(v))
         .collect::<Result<Vec<_>>>()?;
+    if args.rootfs_rw && args.rootfs.is_none() && args.rootfs_dir.is_none() {
+        bail!("--rootfs-rw needs --rootfs IMAGE or --rootfs-dir DIR");
+    }
+    let shares = args
+        .shares
+        .iter()
+        .map(|v| common::parse_share(v))
+        .collect::<Result<Vec<_>>>()?;
     let mut upcalls = BTreeMap::new();
     for spec in &args.upcalls {
         let Some((key_type, prog)) = spec.split_once('=') else {
@@ -158,8 +177,10 @@ fn request(args: CreateArgs) -> Result<CreateRequest> {
         kernel: args.kernel,
         initrd: args.initrd,
         rootfs: args.rootfs,
+        rootfs_dir: args.rootfs_dir,
         rootfs_writable: args.rootfs_rw,
         volumes,
+        shares,
         flags,
         devices,
         keys,

@@ -9,6 +9,7 @@ use anyhow::Context;
 use capsule_vmm::builder::{MicroVm, VmConfig};
 use capsule_vmm::devices::legacy::serial::ConsoleSink;
 use capsule_vmm::devices::virtio::block::BlockConfig;
+use capsule_vmm::devices::virtio::fs::FsConfig;
 use capsule_vmm::kvm_flavor::{GuestProfile, KvmFlavor};
 use clap::{Args, ValueEnum};
 
@@ -70,6 +71,11 @@ pub struct RunArgs {
     #[arg(long, value_name = "PATH[:ro]")]
     disk: Vec<String>,
 
+    /// Attach a virtio-fs device served by a running vhost-user backend (virtiofsd) on SOCKET;
+    /// the guest mounts it by TAG. Guest memory is then a shared memfd.
+    #[arg(long = "virtiofs", value_name = "TAG=SOCKET")]
+    virtiofs: Vec<String>,
+
     /// Host-specific guest kernel parameters.
     #[arg(long, value_enum, default_value_t = ProfileChoice::Auto)]
     guest_profile: ProfileChoice,
@@ -127,11 +133,27 @@ fn build(args: RunArgs) -> anyhow::Result<MicroVm> {
             .map(|path| capsule_vsock::VsockConfig::new(args.vsock_cid, path)),
         disks: args.disk.iter().map(|spec| parse_disk(spec)).collect(),
         nics: Vec::new(),
+        fs: args
+            .virtiofs
+            .iter()
+            .map(|spec| parse_virtiofs(spec))
+            .collect::<anyhow::Result<_>>()?,
         profile,
         seccomp: !args.no_seccomp,
     })?;
     log::info!("{}", vm.summary());
     Ok(vm)
+}
+
+/// Parses `TAG=SOCKET`.
+fn parse_virtiofs(spec: &str) -> anyhow::Result<FsConfig> {
+    match spec.split_once('=') {
+        Some((tag, socket)) if !tag.is_empty() && !socket.is_empty() => Ok(FsConfig {
+            tag: tag.to_string(),
+            socket: PathBuf::from(socket),
+        }),
+        _ => anyhow::bail!("invalid --virtiofs {spec:?}: expected TAG=SOCKET"),
+    }
 }
 
 /// Parses `PATH[:ro]`.

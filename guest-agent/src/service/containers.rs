@@ -218,6 +218,9 @@ impl Agent {
         if r.fstype == "bind" {
             absolute_path("source", &r.source)?;
         }
+        if r.fstype == VIRTIOFS {
+            validate::virtiofs_tag("source", &r.source)?;
+        }
         plain_string("options", &r.options, MAX_OPTIONS_LEN)?;
         absolute_path("target", &r.target)?;
         let spec = MountSpec {
@@ -284,6 +287,9 @@ fn loopback_up(sock: &OwnedFd) -> crate::backend::Result<()> {
     sys::interface_up(sock, "lo").map_err(|e| BackendError::new(e, "setting lo up"))
 }
 
+/// The file system type of a virtio-fs device, mounted by its tag.
+const VIRTIOFS: &str = "virtiofs";
+
 /// Validates a CreateContainer request into a backend spec.
 pub fn validate_create(r: &pb::CreateContainerRequest) -> Result<CreateSpec, RpcError> {
     validate::container_name("name", &r.name)?;
@@ -333,6 +339,21 @@ pub fn validate_create(r: &pb::CreateContainerRequest) -> Result<CreateSpec, Rpc
                 }
             } else {
                 RootSpec::Directory(r.root_source.clone())
+            }
+        }
+        pb::RootKind::RootVirtiofs => {
+            if f & flags::NEW_FS_NS == 0 {
+                return Err(RpcError::invalid(
+                    "flags",
+                    "a virtio-fs root needs CONTAINER_NEW_FS_NS",
+                ));
+            }
+            validate::virtiofs_tag("root_source", &r.root_source)?;
+            plain_string("root_options", &r.root_options, MAX_OPTIONS_LEN)?;
+            RootSpec::Block {
+                source: r.root_source.clone(),
+                fstype: VIRTIOFS.to_string(),
+                options: r.root_options.clone(),
             }
         }
         pb::RootKind::RootNone => {

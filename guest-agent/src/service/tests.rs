@@ -219,6 +219,45 @@ async fn create_validates_and_refuses_duplicates() {
 }
 
 #[tokio::test]
+async fn virtiofs_roots_and_mounts_are_validated_by_tag() {
+    let (a, log) = agent();
+    let mut root = create("fs", 0);
+    root.root = pb::RootKind::RootVirtiofs as i32;
+    root.root_source = "capsule-root".into();
+    root.root_options = "ro".into();
+    let e = call::<m::CreateContainer>(&a, root.clone())
+        .await
+        .unwrap_err();
+    assert_eq!(e.field, "flags", "a virtio-fs root needs NEW_FS_NS");
+    root.flags = 0x1;
+    for bad in ["", &"t".repeat(37), "a tag"] {
+        let mut r = root.clone();
+        r.root_source = bad.into();
+        let e = call::<m::CreateContainer>(&a, r).await.unwrap_err();
+        assert_eq!(e.field, "root_source", "tag {bad:?}");
+    }
+    call::<m::CreateContainer>(&a, root).await.unwrap();
+    assert!(
+        lock(&log)
+            .iter()
+            .any(|l| l.starts_with("create fs 0x1") && l.contains("virtiofs")),
+        "{:?}",
+        lock(&log)
+    );
+    let mount = |source: &str| pb::MountRequest {
+        container: "fs".into(),
+        fstype: "virtiofs".into(),
+        source: source.into(),
+        options: "ro".into(),
+        target: "/srv".into(),
+        mkdir: true,
+    };
+    let e = call::<m::Mount>(&a, mount("")).await.unwrap_err();
+    assert_eq!(e.field, "source");
+    call::<m::Mount>(&a, mount("capsule-fs0")).await.unwrap();
+}
+
+#[tokio::test]
 async fn list_has_current_first_and_the_table_after() {
     let (a, _) = agent();
     call::<m::CreateContainer>(&a, create("b", 0x40))

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use capsule_vmm::builder::{MicroVm, VmConfig};
 use capsule_vmm::devices::virtio::block::BlockConfig;
+use capsule_vmm::devices::virtio::fs::FsConfig;
 use capsule_vmm::devices::virtio::net::NetConfig;
 use capsule_vmm::exit::ExitReason;
 use capsule_vmm::kvm_flavor::{GuestProfile, KvmFlavor};
@@ -256,6 +257,14 @@ fn run(config: &MachineConfig) -> Result<(ExitReason, PanicWatch), MachineError>
             .map(|n| NetConfig {
                 tap: n.tap.clone(),
                 mac: n.mac,
+            })
+            .collect(),
+        fs: config
+            .shares
+            .iter()
+            .map(|s| FsConfig {
+                tag: s.tag.clone(),
+                socket: s.socket.clone(),
             })
             .collect(),
         profile: GuestProfile::for_flavor(KvmFlavor::detect()),

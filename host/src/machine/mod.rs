@@ -59,6 +59,15 @@ pub struct Nic {
     pub mac: [u8; 6],
 }
 
+/// A virtio-fs device for the guest, served over vhost-user by a running virtiofsd.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FsDevice {
+    /// The tag the guest mounts it by.
+    pub tag: String,
+    /// The daemon's vhost-user socket.
+    pub socket: PathBuf,
+}
+
 /// What to run, independent of the machine.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct MachineConfig {
@@ -78,6 +87,8 @@ pub struct MachineConfig {
     /// The network namespace the machine runs in, where its TAPs are (`--netns`); `None`: the
     /// host's.
     pub netns: Option<PathBuf>,
+    /// virtio-fs devices (host directories), each with its daemon already listening.
+    pub shares: Vec<FsDevice>,
     /// Where the guest console goes.
     pub console: PathBuf,
     /// Scratch directory for the machine's own sockets.

@@ -1,5 +1,6 @@
 //! The QEMU machine: QEMU's microvm machine with capsule's vsock device served over vhost-user,
-//! so host programs use the same hybrid-vsock socket as with capsule's own VMM.
+//! so host programs use the same hybrid-vsock socket as with capsule's own VMM, and each share
+//! as a `vhost-user-fs-device` on its virtiofsd.
 
 use std::io::Read;
 use std::os::unix::process::CommandExt;
@@ -111,6 +112,14 @@ pub fn qemu_args(config: &MachineConfig, accel: Accel, vhost_socket: &Path) -> V
             "virtio-net-device,netdev=net{i},mac={}",
             crate::network::ipam::format_mac(&nic.mac)
         ));
+    }
+    // virtio-fs over vhost-user: the daemon maps guest memory, which is why the memory backend
+    // above is a shared memfd.
+    for (i, fs) in config.shares.iter().enumerate() {
+        args.push("-chardev".into());
+        args.push(format!("socket,id=fs{i},path={}", fs.socket.display()));
+        args.push("-device".into());
+        args.push(format!("vhost-user-fs-device,chardev=fs{i},tag={}", fs.tag));
     }
     args
 }
@@ -261,6 +270,10 @@ mod tests {
                 mac: [0x0a, 0x58, 10, 88, 0, 2],
             }],
             netns: None,
+            shares: vec![crate::machine::FsDevice {
+                tag: "capsule-fs0".into(),
+                socket: "/s/fs0.sock".into(),
+            }],
             console: "/s/console.log".into(),
             run_dir: "/s".into(),
             seccomp: true,
@@ -286,5 +299,7 @@ mod tests {
             "-netdev tap,id=net0,ifname=capt0a580002,script=no,downscript=no,vhost=off \
              -device virtio-net-device,netdev=net0,mac=0a:58:0a:58:00:02"
         ));
+        assert!(args.contains("-chardev socket,id=fs0,path=/s/fs0.sock"));
+        assert!(args.contains("-device vhost-user-fs-device,chardev=fs0,tag=capsule-fs0"));
     }
 }

@@ -6,10 +6,12 @@
 //! queues, one notification [`EventFd`] per queue and the [`IrqTrigger`].
 
 pub mod block;
+pub mod fs;
 pub mod mmio;
 pub mod net;
 pub mod rng;
 pub mod single_queue;
+pub mod vhost_user;
 pub mod vsock;
 
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -26,6 +28,7 @@ pub mod device_type {
     pub const BLOCK: u32 = 2;
     pub const RNG: u32 = 4;
     pub const VSOCK: u32 = 19;
+    pub const FS: u32 = 26;
 }
 
 /// Feature bit every modern (virtio 1.x) device offers and every driver must accept.
