@@ -84,13 +84,18 @@ struct TestTap {
 
 impl TestTap {
     fn create() -> io::Result<Self> {
+        Self::create_owned(None)
+    }
+
+    /// With `owner`, only that uid (or CAP_NET_ADMIN) may attach.
+    fn create_owned(owner: Option<libc::uid_t>) -> io::Result<Self> {
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let name = format!(
             "ctnt{}{}",
             std::process::id(),
             NEXT.fetch_add(1, Ordering::Relaxed)
         );
-        Self::set_persist(&name, true)?;
+        Self::set_persist(&name, true, owner)?;
         let sock = ctl_socket()?;
         let mut req = super::tap::ifreq(&name, 0);
         req.ifr_ifru.ifru_mtu = 9000;
@@ -107,13 +112,13 @@ impl TestTap {
         Ok(Self { name, index })
     }
 
-    fn set_persist(name: &str, on: bool) -> io::Result<()> {
+    fn set_persist(name: &str, on: bool, owner: Option<libc::uid_t>) -> io::Result<()> {
         let tun = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
             .open("/dev/net/tun")?;
         let req = super::tap::ifreq(name, libc::IFF_TAP | libc::IFF_NO_PI);
-        // SAFETY: TUNSETIFF reads one ifreq; TUNSETPERSIST takes an int by value.
+        // SAFETY: TUNSETIFF reads one ifreq; TUNSETPERSIST and TUNSETOWNER take an int by value.
         unsafe {
             cvt(
                 libc::ioctl(tun.as_raw_fd(), libc::TUNSETIFF, &req),
@@ -127,6 +132,13 @@ impl TestTap {
                 ),
                 "TUNSETPERSIST",
             )?;
+            if let Some(uid) = owner {
+                let arg = libc::c_ulong::from(uid);
+                cvt(
+                    libc::ioctl(tun.as_raw_fd(), libc::TUNSETOWNER, arg),
+                    "TUNSETOWNER",
+                )?;
+            }
         }
         Ok(())
     }
@@ -134,7 +146,7 @@ impl TestTap {
 
 impl std::ops::Drop for TestTap {
     fn drop(&mut self) {
-        let _ = Self::set_persist(&self.name, false);
+        let _ = Self::set_persist(&self.name, false, None);
     }
 }
 
@@ -516,6 +528,47 @@ fn tap_offload_follows_the_guest_receive_features() {
         tap_offload(AVAIL_FEATURES),
         libc::TUN_F_CSUM | libc::TUN_F_TSO4 | libc::TUN_F_TSO6
     );
+}
+
+#[test]
+fn attaching_without_permission_names_the_tap_and_the_remedy() {
+    let ns = match NetNs::enter() {
+        Ok(ns) => ns,
+        Err(why) => {
+            eprintln!("skipped attaching_without_permission_names_the_tap_and_the_remedy: {why}");
+            return;
+        }
+    };
+    // A TAP that belongs to another user; a thread without CAP_NET_ADMIN may not attach.
+    let tap = TestTap::create_owned(Some(4_000_000)).expect("create the test TAP");
+    let name = tap.name.clone();
+    let err = std::thread::spawn(move || {
+        #[repr(C)]
+        struct CapHeader {
+            version: u32,
+            pid: libc::c_int,
+        }
+        let header = CapHeader {
+            version: 0x2008_0522, // _LINUX_CAPABILITY_VERSION_3
+            pid: 0,
+        };
+        let data = [0u32; 6]; // effective, permitted, inheritable x 2: none
+                              // SAFETY: capset reads the header and two data structs; capabilities are per thread,
+                              // so only this short-lived thread loses them.
+        let rc = unsafe { libc::syscall(libc::SYS_capset, &header, data.as_ptr()) };
+        assert_eq!(rc, 0, "capset: {}", io::Error::last_os_error());
+        Tap::open(&name, HDR_LEN).unwrap_err()
+    })
+    .join()
+    .unwrap();
+    let msg = err.to_string();
+    assert!(matches!(err, TapError::Permission { .. }), "{err:?}");
+    assert!(
+        msg.contains(&tap.name) && msg.contains("CAP_NET_ADMIN"),
+        "{msg}"
+    );
+    drop(tap);
+    drop(ns);
 }
 
 // ---- transmit ----
