@@ -772,6 +772,67 @@ fn tx_waits_for_room_when_the_tap_is_full() {
     assert_eq!((c.tx_packets, c.dropped()), (total as u64, 0));
 }
 
+#[test]
+fn event_loop_waits_for_the_tap_to_drain_without_spinning() {
+    let (ours, peer) = std::os::unix::net::UnixDatagram::pair().unwrap();
+    ours.set_nonblocking(true).unwrap();
+    peer.set_nonblocking(true).unwrap();
+    let size: libc::c_int = 16 << 10;
+    // SAFETY: SO_SNDBUF reads one int from `size`.
+    let rc = unsafe {
+        libc::setsockopt(
+            ours.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            (&size as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0);
+    let tap = Tap::from_socket_for_tests(File::from(OwnedFd::from(ours)), "stand-in");
+    let mem = memory();
+    let mut h = Harness::new(&mem, tap, LINUX_FEATURES);
+    let total = 60;
+    for i in 0..total {
+        h.post_tx(VnetHeader::default(), &frame(1000, i as u8), false);
+    }
+    let Harness { dev, mut tx, .. } = h;
+    let tx_evt = dev.active.as_ref().unwrap().queue_evts[TX]
+        .try_clone()
+        .unwrap();
+    let dev = Arc::new(Mutex::new(dev));
+    let mut events = EventManager::<Arc<Mutex<Net>>>::new().unwrap();
+    events.add_subscriber(dev.clone());
+    // Activation sends what fits, then the device waits for room: no event until then.
+    assert_eq!(events.run_with_timeout(1000).unwrap(), 1);
+    assert!(dev.lock().unwrap().tx_waiting_for_tap());
+    let mut returned = tx.take_used().len();
+    assert!(returned < total);
+    // A guest notification while the TAP is full sends nothing more, and does not spin.
+    tx_evt.write(1).unwrap();
+    assert_eq!(events.run_with_timeout(1000).unwrap(), 1);
+    assert!(tx.take_used().is_empty());
+    for _ in 0..3 {
+        assert_eq!(events.run_with_timeout(0).unwrap(), 0, "no busy loop");
+    }
+    // Room on the TAP wakes the device up by itself.
+    let mut buf = vec![0u8; 2048];
+    let mut received = 0;
+    for _ in 0..50 {
+        while peer.recv(&mut buf).is_ok() {
+            received += 1;
+        }
+        if received == total {
+            break;
+        }
+        events.run_with_timeout(200).unwrap();
+        returned += tx.take_used().len();
+    }
+    assert_eq!((received, returned), (total, total));
+    assert!(!dev.lock().unwrap().tx_waiting_for_tap());
+    assert_eq!(dev.lock().unwrap().counters().tx_packets, total as u64);
+}
+
 // ---- receive ----
 
 #[test]
