@@ -226,7 +226,7 @@ impl Net {
                 Some(len) => len,
                 None => {
                     // Take a frame off the TAP only when it has somewhere to go.
-                    if !rx::has_buffers(queue, mem) {
+                    if !self.rx_direct.holds_chains() && !rx::has_buffers(queue, mem) {
                         self.rx_waiting = true;
                         break;
                     }
@@ -448,6 +448,7 @@ impl VirtioDevice for Net {
     }
 
     fn reset(&mut self) -> bool {
+        self.rx_direct.forget();
         self.active = None;
         self.acked_features = 0;
         self.rx_len = None;
