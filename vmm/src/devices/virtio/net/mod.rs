@@ -4,7 +4,8 @@
 //! - `tap.rs`: attaching to the TAP (`/dev/net/tun`, virtio-net header, non-blocking), its
 //!   errors, reads and writes.
 //! - `header.rs`: the 12-byte `virtio_net_hdr_v1` and the checks on transmit headers.
-//! - `rx.rs`: TAP → guest, scattering a frame over mergeable receive buffers.
+//! - `rx.rs`: TAP → guest, straight into the guest's receive buffers when the posted ones
+//!   have room for any frame, else through a host buffer; mergeable buffers.
 //! - `tx.rs`: guest → TAP, one chain per frame.
 //! - `counters.rs`: traffic and drops by reason, rate-limited warnings.
 //!

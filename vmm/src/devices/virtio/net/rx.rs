@@ -5,8 +5,8 @@
 //! Two ways in:
 //! - direct ([`read_direct`]): when the guest's posted buffers have room for the largest
 //!   frame (the usual case: a Linux guest keeps 256 mergeable buffers posted), the frame is
-//!   read from the TAP straight into them with one `readv`; the chains it did not fill are
-//!   given back to the ring. No host copy.
+//!   read from the TAP straight into them with one `readv`; the chains it did not fill stay
+//!   held for the next frame ([`DirectScratch`]). No host copy.
 //! - through the host buffer ([`deliver`]): otherwise (few or small buffers, or a chain the
 //!   device refuses), the frame is read into a host buffer and then scattered; when the guest
 //!   has not posted enough buffers yet, nothing is returned: the queue is rewound and the
