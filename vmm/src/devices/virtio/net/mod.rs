@@ -23,9 +23,9 @@
 
 pub mod counters;
 pub mod header;
-pub mod rx;
+mod rx;
 pub mod tap;
-pub mod tx;
+mod tx;
 
 use std::io;
 use std::sync::Arc;
