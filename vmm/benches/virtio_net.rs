@@ -8,10 +8,13 @@
 //! - rx (TAP → guest): a sender thread puts frames on the TAP's kernel side through an
 //!   AF_PACKET socket (qdisc bypassed, batches of `sendmmsg`); the device reads them into
 //!   4 KiB mergeable guest buffers the driver keeps posting. Bound: `read()` of the same
-//!   frames from the same TAP into one buffer, with the same sender.
+//!   frames from the same TAP into one buffer, with the same sender. Measured twice: with
+//!   page-aligned guest buffers against a page-aligned read buffer, and with buffers 64 bytes
+//!   apart against a read buffer 64 bytes past a page boundary (see `RX_PAD`).
 //!
 //! Needs root (a network namespace of its own, where it creates its TAP; both go away at the
 //! end). Usage: cargo bench -p capsule-vmm --bench virtio_net -- [--seconds S] [--runs N]
+//! [--dir tx|rx] [--size 64|65535]
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -35,6 +38,11 @@ const RX_BUF: u32 = 4096;
 /// 64 bytes, and the largest frame the TAP passes without GSO (MTU 65521 + Ethernet header).
 const SIZES: [usize; 2] = [64, 65535];
 const SEND_BATCH: usize = 32;
+/// Offset between the driver's receive buffers beyond their size, in the "offset" layout.
+/// Page-aligned buffers make the host kernel's copy from page-aligned socket buffers slow on
+/// this machine's CPU (4 KiB aliasing: 2-3x, whoever reads, see RESULTS.md), so rx is
+/// measured both ways, each against a raw read into a buffer with the same alignment.
+const RX_PAD: u64 = 64;
 
 /// Where the driver puts each split queue: (descriptor table, avail ring, used ring).
 const RXQ: (u64, u64, u64) = (0x0, 0x1000, 0x2000);
@@ -373,16 +381,19 @@ fn tx_raw(tap: &str, len: usize, seconds: f64) -> Rate {
     rate(frames, len, start.elapsed().as_secs_f64())
 }
 
+/// `pad` bytes between consecutive 4 KiB receive buffers (0: page-aligned buffers).
 fn rx_device(
     mem: &GuestMemoryMmap,
     tap: &str,
     ifindex: libc::c_int,
     len: usize,
     seconds: f64,
+    pad: u64,
 ) -> Rate {
     let (mut dev, mut rx, _tx) = device(mem, tap);
+    let stride = u64::from(RX_BUF) + pad;
     for i in 0..QUEUE {
-        rx.set_desc(i, RX_DATA + u64::from(i) * u64::from(RX_BUF), RX_BUF, 0x2);
+        rx.set_desc(i, RX_DATA + u64::from(i) * stride, RX_BUF, 0x2);
         rx.push(i);
     }
     rx.publish();
@@ -419,16 +430,20 @@ fn rx_device(
     rate(c.rx_packets - first, len, secs)
 }
 
-fn rx_raw(tap: &str, ifindex: libc::c_int, len: usize, seconds: f64) -> Rate {
+/// Reads into one buffer that is page-aligned, or `RX_PAD` bytes past a page boundary.
+fn rx_raw(tap: &str, ifindex: libc::c_int, len: usize, seconds: f64, aligned: bool) -> Rate {
     let fd = raw_tap(tap);
     // SAFETY: sets O_NONBLOCK on our own fd.
     unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
     let stop = Arc::new(AtomicBool::new(false));
     let sender = start_sender(ifindex, len, stop.clone());
-    let mut buf = vec![0u8; HDR + 65550];
+    let size = HDR + 65550;
+    let mut buf = vec![0u8; size + 8192];
+    let start_at = buf.as_ptr().align_offset(4096) + if aligned { 0 } else { RX_PAD as usize };
     let mut read = || {
-        // SAFETY: reads at most `buf.len()` bytes into `buf`.
-        unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) }
+        let b = &mut buf[start_at..start_at + size];
+        // SAFETY: reads at most `b.len()` bytes into `b`.
+        unsafe { libc::read(fd.as_raw_fd(), b.as_mut_ptr().cast(), b.len()) }
     };
     while read() <= 0 {
         poll_in(fd.as_raw_fd(), 100);
@@ -464,11 +479,15 @@ fn loadavg() -> String {
 fn main() {
     let mut seconds = 2.0;
     let mut runs = 3;
+    let mut only_dir: Option<String> = None;
+    let mut only_size: Option<usize> = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--seconds" => seconds = args.next().expect("--seconds S").parse().expect("S"),
             "--runs" => runs = args.next().expect("--runs N").parse().expect("N"),
+            "--dir" => only_dir = Some(args.next().expect("--dir tx|rx")),
+            "--size" => only_size = Some(args.next().expect("--size N").parse().expect("N")),
             "--bench" => {}
             other => panic!("unknown argument {other}"),
         }
@@ -492,22 +511,38 @@ fn main() {
         loadavg()
     );
     println!(
-        "{:<4} {:>7} {:<14} {:>12} {:>9} {:>8}",
+        "{:<26} {:>7} {:<14} {:>12} {:>9} {:>8}",
         "dir", "frame", "path", "packets/s", "Gbit/s", "device/raw"
     );
-    for len in SIZES {
-        let dev: Vec<Rate> = (0..runs)
-            .map(|_| tx_device(&mem, &tap, len, seconds))
-            .collect();
-        let raw: Vec<Rate> = (0..runs).map(|_| tx_raw(&tap, len, seconds)).collect();
-        report("tx", len, median(dev), median(raw));
-        let dev: Vec<Rate> = (0..runs)
-            .map(|_| rx_device(&mem, &tap, ifindex, len, seconds))
-            .collect();
-        let raw: Vec<Rate> = (0..runs)
-            .map(|_| rx_raw(&tap, ifindex, len, seconds))
-            .collect();
-        report("rx", len, median(dev), median(raw));
+    let wanted = |dir: &str| only_dir.as_deref().is_none_or(|d| d == dir);
+    for len in SIZES
+        .into_iter()
+        .filter(|l| only_size.is_none_or(|s| s == *l))
+    {
+        if wanted("tx") {
+            let dev: Vec<Rate> = (0..runs)
+                .map(|_| tx_device(&mem, &tap, len, seconds))
+                .collect();
+            let raw: Vec<Rate> = (0..runs).map(|_| tx_raw(&tap, len, seconds)).collect();
+            report("tx", len, median(dev), median(raw));
+        }
+        if !wanted("rx") {
+            continue;
+        }
+        for (layout, pad, aligned) in [("page-aligned", 0, true), ("offset", RX_PAD, false)] {
+            let dev: Vec<Rate> = (0..runs)
+                .map(|_| rx_device(&mem, &tap, ifindex, len, seconds, pad))
+                .collect();
+            let raw: Vec<Rate> = (0..runs)
+                .map(|_| rx_raw(&tap, ifindex, len, seconds, aligned))
+                .collect();
+            report(
+                &format!("rx, {layout} buffers"),
+                len,
+                median(dev),
+                median(raw),
+            );
+        }
     }
     println!("load average after: {}", loadavg());
     tap_persist(&tap, false);
@@ -521,7 +556,7 @@ fn report(dir: &str, len: usize, dev: Rate, raw: Rate) {
             String::new()
         };
         println!(
-            "{dir:<4} {len:>7} {who:<14} {:>12.0} {:>9.2} {:>8}",
+            "{dir:<26} {len:>7} {who:<14} {:>12.0} {:>9.2} {:>8}",
             r.pps, r.gbps, ratio
         );
     }

@@ -4,7 +4,8 @@
 //! - `tap.rs`: attaching to the TAP (`/dev/net/tun`, virtio-net header, non-blocking), its
 //!   errors, reads and writes.
 //! - `header.rs`: the 12-byte `virtio_net_hdr_v1` and the checks on transmit headers.
-//! - `rx.rs`: TAP → guest, scattering a frame over mergeable receive buffers.
+//! - `rx.rs`: TAP → guest, straight into the guest's receive buffers when the posted ones
+//!   have room for any frame, else through a host buffer; mergeable buffers.
 //! - `tx.rs`: guest → TAP, one chain per frame.
 //! - `counters.rs`: traffic and drops by reason, rate-limited warnings.
 //!
@@ -22,9 +23,9 @@
 
 pub mod counters;
 pub mod header;
-pub mod rx;
+mod rx;
 pub mod tap;
-pub mod tx;
+mod tx;
 
 use std::io;
 use std::sync::Arc;
@@ -226,7 +227,7 @@ impl Net {
                 Some(len) => len,
                 None => {
                     // Take a frame off the TAP only when it has somewhere to go.
-                    if !rx::has_buffers(queue, mem) {
+                    if !self.rx_direct.holds_chains() && !rx::has_buffers(queue, mem) {
                         self.rx_waiting = true;
                         break;
                     }
@@ -448,6 +449,7 @@ impl VirtioDevice for Net {
     }
 
     fn reset(&mut self) -> bool {
+        self.rx_direct.forget();
         self.active = None;
         self.acked_features = 0;
         self.rx_len = None;

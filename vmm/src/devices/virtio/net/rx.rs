@@ -5,8 +5,8 @@
 //! Two ways in:
 //! - direct ([`read_direct`]): when the guest's posted buffers have room for the largest
 //!   frame (the usual case: a Linux guest keeps 256 mergeable buffers posted), the frame is
-//!   read from the TAP straight into them with one `readv`; the chains it did not fill are
-//!   given back to the ring. No host copy.
+//!   read from the TAP straight into them with one `readv`; the chains it did not fill stay
+//!   held for the next frame ([`DirectScratch`]). No host copy.
 //! - through the host buffer ([`deliver`]): otherwise (few or small buffers, or a chain the
 //!   device refuses), the frame is read into a host buffer and then scattered; when the guest
 //!   has not posted enough buffers yet, nothing is returned: the queue is rewound and the
@@ -15,7 +15,7 @@
 use std::io;
 use std::sync::atomic::Ordering;
 
-use virtio_queue::{DescriptorChain, Queue, QueueT};
+use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend};
 
 use super::counters::DropReason;
@@ -155,60 +155,101 @@ pub fn deliver(
 pub enum Direct {
     /// A frame of this many bytes (header included) went straight into the guest.
     Delivered(usize),
-    /// The posted buffers are too few, too small or refused: use [`deliver`].
+    /// The posted buffers are too few, too small or refused: use [`deliver`]. The chains
+    /// the direct path held are back in the ring.
     Fallback,
-    /// The TAP had nothing (WouldBlock) or failed; nothing was taken from the queue.
+    /// The TAP had nothing (WouldBlock) or failed; the held chains stay held.
     Tap(io::Error),
 }
 
-/// Scratch space of the direct path, kept between frames.
-#[derive(Debug, Default)]
-pub struct DirectScratch {
-    /// Guest buffers, chain after chain.
+/// A receive chain the direct path took from the ring but has not filled yet.
+#[derive(Debug)]
+struct Held {
+    head: u16,
+    room: usize,
+    /// The chain's buffers in guest memory, in order.
     segs: Vec<(GuestAddress, u32)>,
-    /// Per chain: head index and room.
-    chains: Vec<(u16, usize)>,
+    /// The same buffers as host addresses and lengths, ready for `readv`.
+    host: Vec<(usize, usize)>,
 }
 
-/// Takes chains until they have room for the largest frame; None (queue rewound) when they
-/// do not, or when one of them is refused.
-fn collect(
-    mem: &GuestMemoryMmap,
-    queue: &mut Queue,
-    mergeable: bool,
-    scratch: &mut DirectScratch,
-) -> Option<()> {
-    scratch.segs.clear();
-    scratch.chains.clear();
-    let need = HDR_LEN + MAX_FRAME_LEN;
-    let mut room = 0usize;
-    while room < need {
-        if scratch.chains.len() >= usize::from(queue.size())
-            || (!mergeable && !scratch.chains.is_empty())
-        {
-            return None;
-        }
-        let chain = queue.pop_descriptor_chain(mem)?;
-        let head = chain.head_index();
-        let mut chain_room = 0usize;
-        for (count, desc) in chain.enumerate() {
-            let len = desc.len();
-            if count == MAX_CHAIN_DESCS
-                || !desc.is_write_only()
-                || (len > 0 && !mem.check_range(desc.addr(), len as usize))
-            {
-                return None;
-            }
-            chain_room += len as usize;
-            scratch.segs.push((desc.addr(), len));
-        }
-        if chain_room == 0 {
-            return None;
-        }
-        scratch.chains.push((head, chain_room));
-        room += chain_room;
+/// The chains the direct path holds between frames, so that a small frame does not take and
+/// give back enough chains for the largest one every time. They are always the last chains
+/// taken from the ring, in order, so giving them back is rewinding the ring by their count.
+/// The host addresses stay valid while the device keeps the guest memory it was activated
+/// with; [`DirectScratch::forget`] must run when it lets go of it (reset).
+#[derive(Debug, Default)]
+pub struct DirectScratch {
+    held: std::collections::VecDeque<Held>,
+    room: usize,
+}
+
+impl DirectScratch {
+    /// Gives the held chains back to the ring.
+    pub fn release(&mut self, queue: &mut Queue) {
+        let n = self.held.len() as u16;
+        queue.set_next_avail(queue.next_avail().wrapping_sub(n));
+        self.forget();
     }
-    Some(())
+
+    pub fn holds_chains(&self) -> bool {
+        !self.held.is_empty()
+    }
+
+    /// Drops the held chains without touching the ring (after a device reset).
+    pub fn forget(&mut self) {
+        self.held.clear();
+        self.room = 0;
+    }
+
+    /// Takes chains until the held ones have room for the largest frame; false when the ring
+    /// runs dry first or a chain is refused (the refused chain goes back to the ring too).
+    fn top_up(&mut self, mem: &GuestMemoryMmap, queue: &mut Queue, mergeable: bool) -> bool {
+        let need = HDR_LEN + MAX_FRAME_LEN;
+        while self.room < need {
+            if self.held.len() >= usize::from(queue.size()) || (!mergeable && !self.held.is_empty())
+            {
+                return false;
+            }
+            let Some(chain) = queue.pop_descriptor_chain(mem) else {
+                return false;
+            };
+            let mut held = Held {
+                head: chain.head_index(),
+                room: 0,
+                segs: Vec::new(),
+                host: Vec::new(),
+            };
+            let mut ok = true;
+            for (count, desc) in chain.enumerate() {
+                let (addr, len) = (desc.addr(), desc.len());
+                if count == MAX_CHAIN_DESCS
+                    || !desc.is_write_only()
+                    || (len > 0 && !mem.check_range(addr, len as usize))
+                {
+                    ok = false;
+                    break;
+                }
+                for slice in mem.get_slices(addr, len as usize) {
+                    let Ok(slice) = slice else {
+                        ok = false;
+                        break;
+                    };
+                    let guard = slice.ptr_guard_mut();
+                    held.host.push((guard.as_ptr() as usize, slice.len()));
+                }
+                held.room += len as usize;
+                held.segs.push((addr, len));
+            }
+            if !ok || held.room == 0 {
+                queue.go_to_previous_position();
+                return false;
+            }
+            self.room += held.room;
+            self.held.push_back(held);
+        }
+        true
+    }
 }
 
 /// Reads the next frame from `tap` straight into the guest's buffers when they have room for
@@ -222,53 +263,37 @@ pub fn read_direct(
     guest_csum: bool,
     scratch: &mut DirectScratch,
 ) -> Direct {
-    let start = queue.next_avail();
-    if collect(mem, queue, mergeable, scratch).is_none() {
-        queue.set_next_avail(start);
+    if !scratch.top_up(mem, queue, mergeable) {
+        scratch.release(queue);
         return Direct::Fallback;
     }
-    let mut iovs: Vec<libc::iovec> = Vec::with_capacity(scratch.segs.len() + 2);
-    let mut guards = Vec::with_capacity(scratch.segs.len() + 2);
-    for &(addr, len) in &scratch.segs {
-        for slice in mem.get_slices(addr, len as usize) {
-            let Ok(slice) = slice else {
-                queue.set_next_avail(start);
-                return Direct::Fallback;
-            };
-            let guard = slice.ptr_guard_mut();
-            iovs.push(libc::iovec {
-                iov_base: guard.as_ptr().cast(),
-                iov_len: slice.len(),
-            });
-            guards.push(guard);
-        }
-    }
-    // SAFETY: every iovec points into a guest memory slice that `guards` keeps mapped, with
-    // that slice's length; the guest gave these buffers to the device for writing.
-    let read = unsafe { tap.readv(&iovs) };
-    drop(guards);
-    let n = match read {
+    let iovs: Vec<libc::iovec> = scratch
+        .held
+        .iter()
+        .flat_map(|h| h.host.iter())
+        .map(|&(ptr, len)| libc::iovec {
+            iov_base: ptr as *mut libc::c_void,
+            iov_len: len,
+        })
+        .collect();
+    // SAFETY: every iovec is a guest memory slice of a chain the guest gave the device for
+    // writing, taken from the guest memory the device holds (the mapping outlives the held
+    // chains: they are forgotten when the device lets go of the memory).
+    let n = match unsafe { tap.readv(&iovs) } {
         Ok(n) if n >= HDR_LEN => n,
-        Ok(n) => {
-            queue.set_next_avail(start);
-            return Direct::Tap(io::Error::other(format!("{n}-byte read")));
-        }
-        Err(e) => {
-            queue.set_next_avail(start);
-            return Direct::Tap(e);
-        }
+        Ok(n) => return Direct::Tap(io::Error::other(format!("{n}-byte read"))),
+        Err(e) => return Direct::Tap(e),
     };
-    // The frame filled the first chains in order; the rest go back to the ring.
-    let mut left = n;
+    // The frame filled the first held chains in order; the rest stay held.
     let mut used = 0usize;
-    for &(_, room) in &scratch.chains {
+    let mut left = n;
+    for h in &scratch.held {
         if left == 0 {
             break;
         }
-        left -= room.min(left);
+        left -= h.room.min(left);
         used += 1;
     }
-    queue.set_next_avail(start.wrapping_add(used as u16));
     // The header starts the first chain's buffers, possibly split over its descriptors.
     let count = (used as u16).to_le_bytes();
     let all = [
@@ -277,9 +302,10 @@ pub fn read_direct(
         (0, 0), // flags
     ];
     let patches = if guest_csum { &all[..2] } else { &all[..] };
+    let segs = scratch.held.iter().flat_map(|h| h.segs.iter());
     for &(pos, byte) in patches {
         let mut at = pos;
-        for &(addr, len) in &scratch.segs {
+        for &(addr, len) in segs.clone() {
             if at < len as usize {
                 if let Some(a) = addr.checked_add(at as u64) {
                     let _ = mem.write_obj(byte, a);
@@ -290,10 +316,11 @@ pub fn read_direct(
         }
     }
     let mut left = n;
-    for &(head, room) in &scratch.chains[..used] {
-        let len = room.min(left);
+    for h in scratch.held.drain(..used) {
+        let len = h.room.min(left);
         left -= len;
-        let _ = queue.add_used(mem, head, len as u32);
+        scratch.room -= h.room;
+        let _ = queue.add_used(mem, h.head, len as u32);
     }
     Direct::Delivered(n)
 }

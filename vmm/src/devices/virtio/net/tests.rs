@@ -84,13 +84,18 @@ struct TestTap {
 
 impl TestTap {
     fn create() -> io::Result<Self> {
+        Self::create_owned(None)
+    }
+
+    /// With `owner`, only that uid (or CAP_NET_ADMIN) may attach.
+    fn create_owned(owner: Option<libc::uid_t>) -> io::Result<Self> {
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let name = format!(
             "ctnt{}{}",
             std::process::id(),
             NEXT.fetch_add(1, Ordering::Relaxed)
         );
-        Self::set_persist(&name, true)?;
+        Self::set_persist(&name, true, owner)?;
         let sock = ctl_socket()?;
         let mut req = super::tap::ifreq(&name, 0);
         req.ifr_ifru.ifru_mtu = 9000;
@@ -107,13 +112,13 @@ impl TestTap {
         Ok(Self { name, index })
     }
 
-    fn set_persist(name: &str, on: bool) -> io::Result<()> {
+    fn set_persist(name: &str, on: bool, owner: Option<libc::uid_t>) -> io::Result<()> {
         let tun = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
             .open("/dev/net/tun")?;
         let req = super::tap::ifreq(name, libc::IFF_TAP | libc::IFF_NO_PI);
-        // SAFETY: TUNSETIFF reads one ifreq; TUNSETPERSIST takes an int by value.
+        // SAFETY: TUNSETIFF reads one ifreq; TUNSETPERSIST and TUNSETOWNER take an int by value.
         unsafe {
             cvt(
                 libc::ioctl(tun.as_raw_fd(), libc::TUNSETIFF, &req),
@@ -127,6 +132,13 @@ impl TestTap {
                 ),
                 "TUNSETPERSIST",
             )?;
+            if let Some(uid) = owner {
+                let arg = libc::c_ulong::from(uid);
+                cvt(
+                    libc::ioctl(tun.as_raw_fd(), libc::TUNSETOWNER, arg),
+                    "TUNSETOWNER",
+                )?;
+            }
         }
         Ok(())
     }
@@ -134,7 +146,7 @@ impl TestTap {
 
 impl std::ops::Drop for TestTap {
     fn drop(&mut self) {
-        let _ = Self::set_persist(&self.name, false);
+        let _ = Self::set_persist(&self.name, false, None);
     }
 }
 
@@ -518,6 +530,47 @@ fn tap_offload_follows_the_guest_receive_features() {
     );
 }
 
+#[test]
+fn attaching_without_permission_names_the_tap_and_the_remedy() {
+    let ns = match NetNs::enter() {
+        Ok(ns) => ns,
+        Err(why) => {
+            eprintln!("skipped attaching_without_permission_names_the_tap_and_the_remedy: {why}");
+            return;
+        }
+    };
+    // A TAP that belongs to another user; a thread without CAP_NET_ADMIN may not attach.
+    let tap = TestTap::create_owned(Some(4_000_000)).expect("create the test TAP");
+    let name = tap.name.clone();
+    let err = std::thread::spawn(move || {
+        #[repr(C)]
+        struct CapHeader {
+            version: u32,
+            pid: libc::c_int,
+        }
+        let header = CapHeader {
+            version: 0x2008_0522, // _LINUX_CAPABILITY_VERSION_3
+            pid: 0,
+        };
+        let data = [0u32; 6]; // effective, permitted, inheritable x 2: none
+                              // SAFETY: capset reads the header and two data structs; capabilities are per thread,
+                              // so only this short-lived thread loses them.
+        let rc = unsafe { libc::syscall(libc::SYS_capset, &header, data.as_ptr()) };
+        assert_eq!(rc, 0, "capset: {}", io::Error::last_os_error());
+        Tap::open(&name, HDR_LEN).unwrap_err()
+    })
+    .join()
+    .unwrap();
+    let msg = err.to_string();
+    assert!(matches!(err, TapError::Permission { .. }), "{err:?}");
+    assert!(
+        msg.contains(&tap.name) && msg.contains("CAP_NET_ADMIN"),
+        "{msg}"
+    );
+    drop(tap);
+    drop(ns);
+}
+
 // ---- transmit ----
 
 #[test]
@@ -719,6 +772,67 @@ fn tx_waits_for_room_when_the_tap_is_full() {
     assert_eq!((c.tx_packets, c.dropped()), (total as u64, 0));
 }
 
+#[test]
+fn event_loop_waits_for_the_tap_to_drain_without_spinning() {
+    let (ours, peer) = std::os::unix::net::UnixDatagram::pair().unwrap();
+    ours.set_nonblocking(true).unwrap();
+    peer.set_nonblocking(true).unwrap();
+    let size: libc::c_int = 16 << 10;
+    // SAFETY: SO_SNDBUF reads one int from `size`.
+    let rc = unsafe {
+        libc::setsockopt(
+            ours.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            (&size as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0);
+    let tap = Tap::from_socket_for_tests(File::from(OwnedFd::from(ours)), "stand-in");
+    let mem = memory();
+    let mut h = Harness::new(&mem, tap, LINUX_FEATURES);
+    let total = 60;
+    for i in 0..total {
+        h.post_tx(VnetHeader::default(), &frame(1000, i as u8), false);
+    }
+    let Harness { dev, mut tx, .. } = h;
+    let tx_evt = dev.active.as_ref().unwrap().queue_evts[TX]
+        .try_clone()
+        .unwrap();
+    let dev = Arc::new(Mutex::new(dev));
+    let mut events = EventManager::<Arc<Mutex<Net>>>::new().unwrap();
+    events.add_subscriber(dev.clone());
+    // Activation sends what fits, then the device waits for room: no event until then.
+    assert_eq!(events.run_with_timeout(1000).unwrap(), 1);
+    assert!(dev.lock().unwrap().tx_waiting_for_tap());
+    let mut returned = tx.take_used().len();
+    assert!(returned < total);
+    // A guest notification while the TAP is full sends nothing more, and does not spin.
+    tx_evt.write(1).unwrap();
+    assert_eq!(events.run_with_timeout(1000).unwrap(), 1);
+    assert!(tx.take_used().is_empty());
+    for _ in 0..3 {
+        assert_eq!(events.run_with_timeout(0).unwrap(), 0, "no busy loop");
+    }
+    // Room on the TAP wakes the device up by itself.
+    let mut buf = vec![0u8; 2048];
+    let mut received = 0;
+    for _ in 0..50 {
+        while peer.recv(&mut buf).is_ok() {
+            received += 1;
+        }
+        if received == total {
+            break;
+        }
+        events.run_with_timeout(200).unwrap();
+        returned += tx.take_used().len();
+    }
+    assert_eq!((received, returned), (total, total));
+    assert!(!dev.lock().unwrap().tx_waiting_for_tap());
+    assert_eq!(dev.lock().unwrap().counters().tx_packets, total as u64);
+}
+
 // ---- receive ----
 
 #[test]
@@ -851,6 +965,38 @@ fn rx_reads_straight_into_guest_buffers_with_room_for_any_frame() {
             let c = h.dev.counters();
             assert_eq!((c.rx_packets, c.rx_bytes, c.dropped()), (3, 12060, 0));
             assert_eq!(c.rx_direct, 3, "no frame went through the host buffer");
+        },
+    );
+}
+
+#[test]
+fn rx_chains_held_between_frames_go_back_when_room_runs_short() {
+    with_tap(
+        "rx_chains_held_between_frames_go_back_when_room_runs_short",
+        |tap| {
+            let wire = Wire::new(tap, false).unwrap();
+            let mem = memory();
+            let mut h = Harness::new(&mem, open(tap), LINUX_FEATURES);
+            // 18 x 4 KiB: room for a 64 KiB frame for the first two frames only.
+            let bufs = h.post_rx(18, 4096);
+            let frames: Vec<Vec<u8>> = (0..18).map(|i| frame(64, 20 + i)).collect();
+            for f in &frames {
+                wire.inject(None, f);
+            }
+            wait_readable(&h.dev.tap);
+            assert!(h.dev.process_rx());
+            // Every frame lands in the next chain in ring order, whichever path took it: the
+            // held chains went back to the ring when the direct path ran short.
+            let used = h.rx.take_used();
+            let expect: Vec<(u16, u32)> = (0..18).map(|i| (i, (HDR_LEN + 64) as u32)).collect();
+            assert_eq!(used, expect);
+            for (i, f) in frames.iter().enumerate() {
+                assert_eq!(&h.read(bufs[i] + HDR_LEN as u64, 64), f, "frame {i}");
+            }
+            let c = h.dev.counters();
+            assert_eq!((c.rx_packets, c.rx_direct, c.dropped()), (18, 2, 0));
+            assert!(h.dev.rx_waiting_for_buffers());
+            assert!(h.dev.reset());
         },
     );
 }
