@@ -302,7 +302,7 @@ fn policy(backend: Backend) -> Result<(), String> {
     refused(
         &cli,
         &["policy", "vm", "--lsm", "container_test", "bogus"],
-        &["LSM \"container_test\" rejected the policy"],
+        &["LSM \"container_test\" rejected the policy for container \"vm\""],
     )?;
     // An empty policy allows everything again.
     run(&cli, &["policy", "vm", "--lsm", "container_test", ""])?.expect_code(0)?;

@@ -5,13 +5,14 @@
 //! /proc/containers.
 
 use std::ffi::CString;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use tokio::sync::oneshot;
 
 use super::child::{cstr, holder_main, HolderSetup};
+use super::container_fd::{self, ioc};
 use super::mount::{detached_mount, needs_member};
 use super::{
     flags, read_status, Backend, BackendError, Container, ContainerRow, CreateSpec, Device, Forked,
@@ -29,59 +30,6 @@ pub mod nr {
     pub const CONTAINER_FREEZE: libc::c_long = 1004;
     pub const CONTAINER_THAW: libc::c_long = 1005;
     pub const CONTAINER_KEYRING: libc::c_long = 1006;
-}
-
-/// ioctl requests on a container fd (`CONTAINER_IOC_*`, magic 0xC7) and their arguments.
-pub mod ioc {
-    const MAGIC: u64 = 0xC7;
-    const WRITE: u64 = 1;
-
-    const fn io(nr: u64) -> u64 {
-        (MAGIC << 8) | nr
-    }
-    const fn iow(nr: u64, size: usize) -> u64 {
-        (WRITE << 30) | ((size as u64) << 16) | (MAGIC << 8) | nr
-    }
-
-    /// struct container_ns.
-    #[repr(C)]
-    pub struct ContainerNs {
-        pub fd: i32,
-        pub nstype: u32,
-    }
-    /// struct container_policy.
-    #[repr(C)]
-    pub struct ContainerPolicy {
-        pub lsm: u64,
-        pub policy: u64,
-        pub len: u32,
-        pub flags: u32,
-    }
-    /// struct container_dev.
-    #[repr(C)]
-    #[derive(Clone, Copy)]
-    pub struct ContainerDev {
-        pub kind: u32,
-        pub major: u32,
-        pub minor: u32,
-        pub reserved: u32,
-    }
-    /// struct container_devices.
-    #[repr(C)]
-    pub struct ContainerDevices {
-        pub devs: u64,
-        pub count: u32,
-        pub flags: u32,
-    }
-    /// CONTAINER_DEV_ANY: every minor.
-    pub const DEV_ANY: u32 = 0xffff_ffff;
-
-    pub const SETNS: u64 = iow(1, std::mem::size_of::<ContainerNs>());
-    pub const REBOOT: u64 = io(2);
-    pub const SET_CGROUP: u64 = io(3);
-    pub const SET_ROOT: u64 = io(4);
-    pub const SET_POLICY: u64 = iow(5, std::mem::size_of::<ContainerPolicy>());
-    pub const SET_DEVICES: u64 = iow(6, std::mem::size_of::<ContainerDevices>());
 }
 
 /// fsconfig command that binds a superblock to a container's namespaces.
@@ -303,7 +251,7 @@ impl KernelContainer {
             // only runs holder_main, which makes system calls on `setup`.
             let pid = unsafe { libc::ioctl(self.fd.as_raw_fd(), ioc::REBOOT as libc::c_ulong, 0) };
             if pid < 0 {
-                return Err(self.reboot_error(sys::last_errno()));
+                return Err(container_fd::reboot_error(&self.name, sys::last_errno()));
             }
             if pid == 0 {
                 sys::exit_now(holder_main(&setup));
@@ -327,29 +275,6 @@ impl KernelContainer {
             super::mainline::mount_proc(self, reaper)?;
         }
         Ok(forked)
-    }
-
-    fn ioctl(&self, request: u64, arg: libc::c_ulong) -> std::result::Result<(), i32> {
-        // SAFETY: an ioctl on the container fd we own; `arg` is an fd, or a pointer to a
-        // repr(C) argument struct the caller keeps alive for the call.
-        let r = unsafe { libc::ioctl(self.fd.as_raw_fd(), request as libc::c_ulong, arg) };
-        if r < 0 {
-            Err(sys::last_errno())
-        } else {
-            Ok(())
-        }
-    }
-
-    fn reboot_error(&self, errno: i32) -> BackendError {
-        let c = &self.name;
-        let what = match errno {
-            libc::EINTR => format!(
-                "rebooting container {c:?}: interrupted while waiting for its members to die"
-            ),
-            libc::EDEADLK => format!("rebooting container {c:?}: the caller is one of its members"),
-            _ => format!("rebooting container {c:?} (CONTAINER_IOC_REBOOT)"),
-        };
-        err(errno, what)
     }
 
     fn has_init(&self) -> bool {
@@ -617,28 +542,7 @@ impl Container for KernelContainer {
     }
 
     fn set_namespace(&self, share: &NsShare) -> Result<()> {
-        let arg = ioc::ContainerNs {
-            fd: share.fd.as_raw_fd(),
-            nstype: share.nstype,
-        };
-        self.ioctl(ioc::SETNS, &arg as *const ioc::ContainerNs as libc::c_ulong)
-            .map_err(|errno| {
-                let (c, ns, from) = (&self.name, share.ns_name, &share.from);
-                let what = match errno {
-                    libc::EBUSY => format!(
-                        "the {ns} namespace of container {c:?} cannot be changed any more: a \
-                         process has been forked into it (pid and mnt namespaces can only be \
-                         taken before the container's init starts)"
-                    ),
-                    libc::ENOENT => format!("container {from:?} has no {ns} namespace yet"),
-                    libc::EINVAL => format!(
-                        "container {c:?} cannot take the {ns} namespace of {from:?} (a pid \
-                         namespace must be at or below the agent's)"
-                    ),
-                    _ => format!("container {c:?} taking the {ns} namespace of {from:?}"),
-                };
-                err(errno, what)
-            })
+        container_fd::set_namespace(self.fd.as_fd(), &self.name, share)
     }
 
     fn reboot(&self, reaper: &Reaper) -> Result<Forked> {
@@ -651,127 +555,21 @@ impl Container for KernelContainer {
     }
 
     fn set_cgroup(&self, dir: &std::path::Path) -> Result<()> {
-        let path = cstr(&dir.to_string_lossy());
-        // SAFETY: open(2) of a NUL-terminated path.
-        let raw = unsafe {
-            libc::open(
-                path.as_ptr(),
-                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
-            )
-        };
-        if raw < 0 {
-            return Err(err(sys::last_errno(), format!("opening {}", dir.display())));
-        }
-        // SAFETY: a new descriptor we own.
-        let dfd = unsafe { OwnedFd::from_raw_fd(raw) };
-        self.ioctl(ioc::SET_CGROUP, dfd.as_raw_fd() as libc::c_ulong)
-            .map_err(|errno| {
-                let (c, d) = (&self.name, dir.display());
-                let what = match errno {
-                    libc::EBUSY => format!(
-                        "cgroup {d} cannot take container {c:?}: it has processes or \
-                         controllers enabled for its children, or the container has nested \
-                         containers"
-                    ),
-                    libc::EINVAL => format!("cgroup {d} is inside container {c:?}'s own cgroup"),
-                    libc::EOPNOTSUPP => format!("cgroup {d} is a threaded cgroup"),
-                    libc::EBADF => format!("{d} is not a cgroup v2 directory"),
-                    _ => format!("moving container {c:?} to cgroup {d}"),
-                };
-                err(errno, what)
-            })?;
+        container_fd::set_cgroup(self.fd.as_fd(), &self.name, dir)?;
         *self.cgroup.lock().unwrap_or_else(|p| p.into_inner()) = Some(dir.to_path_buf());
         Ok(())
     }
 
     fn set_root(&self, path: &str) -> Result<()> {
-        let rel = path.trim_start_matches('/');
-        let rel = cstr(if rel.is_empty() { "." } else { rel });
-        // SAFETY: openat with the container fd as dirfd (the path is relative to its root).
-        let raw = unsafe {
-            libc::openat(
-                self.fd.as_raw_fd(),
-                rel.as_ptr(),
-                libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
-            )
-        };
-        let c = &self.name;
-        if raw < 0 {
-            let errno = sys::last_errno();
-            let what = match errno {
-                libc::ENOENT => format!("{path} does not exist in container {c:?}"),
-                libc::ENOTDIR => format!("{path} is not a directory in container {c:?}"),
-                _ => format!("opening {path} in container {c:?}"),
-            };
-            return Err(err(errno, what));
-        }
-        // SAFETY: a new descriptor we own.
-        let dfd = unsafe { OwnedFd::from_raw_fd(raw) };
-        self.ioctl(ioc::SET_ROOT, dfd.as_raw_fd() as libc::c_ulong)
-            .map_err(|errno| {
-                let what = match errno {
-                    libc::EINVAL => {
-                        format!("{path} is not in the mount namespace of container {c:?}")
-                    }
-                    libc::ENOENT => format!("container {c:?} has no root yet"),
-                    libc::EACCES => format!("no search permission on {path}"),
-                    _ => format!("setting the root of container {c:?} to {path}"),
-                };
-                err(errno, what)
-            })
+        container_fd::set_root(self.fd.as_fd(), &self.name, path)
     }
 
     fn set_policy(&self, lsm: &str, policy: &[u8]) -> Result<()> {
-        let name = cstr(lsm);
-        let arg = ioc::ContainerPolicy {
-            lsm: name.as_ptr() as u64,
-            policy: policy.as_ptr() as u64,
-            len: policy.len() as u32,
-            flags: 0,
-        };
-        self.ioctl(
-            ioc::SET_POLICY,
-            &arg as *const ioc::ContainerPolicy as libc::c_ulong,
-        )
-        .map_err(|errno| {
-            let c = &self.name;
-            let what = match errno {
-                libc::EOPNOTSUPP => {
-                    format!("no LSM named {lsm:?} takes container policies in this guest kernel")
-                }
-                libc::EINVAL => format!("LSM {lsm:?} rejected the policy for container {c:?}"),
-                libc::E2BIG => "the policy is larger than 4096 bytes".to_string(),
-                _ => format!("setting the {lsm} policy of container {c:?}"),
-            };
-            err(errno, what)
-        })
+        container_fd::set_policy(self.fd.as_fd(), &self.name, lsm, policy)
     }
 
     fn set_devices(&self, devices: &[Device]) -> Result<()> {
-        let list: Vec<ioc::ContainerDev> = devices
-            .iter()
-            .map(|d| ioc::ContainerDev {
-                kind: u32::from(d.kind),
-                major: d.major,
-                minor: d.minor.unwrap_or(ioc::DEV_ANY),
-                reserved: 0,
-            })
-            .collect();
-        let arg = ioc::ContainerDevices {
-            devs: list.as_ptr() as u64,
-            count: list.len() as u32,
-            flags: 0,
-        };
-        self.ioctl(
-            ioc::SET_DEVICES,
-            &arg as *const ioc::ContainerDevices as libc::c_ulong,
-        )
-        .map_err(|errno| {
-            err(
-                errno,
-                format!("setting the device list of container {:?}", self.name),
-            )
-        })
+        container_fd::set_devices(self.fd.as_fd(), &self.name, devices)
     }
 }
 
@@ -850,55 +648,5 @@ mod tests {
         assert!(text.contains("#define CONTAINER_FD_CURRENT\t\t(-10000)"));
         assert_eq!(define("CONTAINER_DEV_ANY"), None);
         assert!(text.contains("CONTAINER_DEV_ANY\t\t0xffffffffU"));
-        assert_eq!(define("CONTAINER_IOC_MAGIC"), Some(0xC7));
-        // Each ioctl's direction, number and argument struct as the header defines it.
-        let ioctls: &[(&str, &str, u64)] = &[
-            (
-                "CONTAINER_IOC_SETNS",
-                "_IOW(CONTAINER_IOC_MAGIC, 1, struct container_ns)",
-                ioc::SETNS,
-            ),
-            (
-                "CONTAINER_IOC_REBOOT",
-                "_IO(CONTAINER_IOC_MAGIC, 2)",
-                ioc::REBOOT,
-            ),
-            (
-                "CONTAINER_IOC_SET_CGROUP",
-                "_IO(CONTAINER_IOC_MAGIC, 3)",
-                ioc::SET_CGROUP,
-            ),
-            (
-                "CONTAINER_IOC_SET_ROOT",
-                "_IO(CONTAINER_IOC_MAGIC, 4)",
-                ioc::SET_ROOT,
-            ),
-            (
-                "CONTAINER_IOC_SET_POLICY",
-                "_IOW(CONTAINER_IOC_MAGIC, 5, struct container_policy)",
-                ioc::SET_POLICY,
-            ),
-            (
-                "CONTAINER_IOC_SET_DEVICES",
-                "_IOW(CONTAINER_IOC_MAGIC, 6, struct container_devices)",
-                ioc::SET_DEVICES,
-            ),
-        ];
-        for (name, def, _) in ioctls {
-            assert!(
-                text.lines()
-                    .any(|l| l.starts_with("#define") && l.contains(name) && l.contains(def)),
-                "{name} is not {def} in {header}"
-            );
-        }
-        // The values the kernel computes (asm-generic/ioctl.h) for those definitions.
-        assert_eq!(ioc::SETNS, 0x4008_c701);
-        assert_eq!(ioc::REBOOT, 0xc702);
-        assert_eq!(ioc::SET_CGROUP, 0xc703);
-        assert_eq!(ioc::SET_ROOT, 0xc704);
-        assert_eq!(ioc::SET_POLICY, 0x4018_c705);
-        assert_eq!(ioc::SET_DEVICES, 0x4010_c706);
-        assert_eq!(std::mem::size_of::<ioc::ContainerDev>(), 16);
-        assert_eq!(ioc::DEV_ANY, 0xffff_ffff);
     }
 }

@@ -8,6 +8,7 @@
 //! makes system calls on memory prepared before the fork.
 
 pub mod child;
+pub mod container_fd;
 pub mod kernel;
 pub mod mainline;
 pub mod mount;
