@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use log::{info, warn};
 
-use capsule_vmm::exit::ExitReason;
+use capsule_vmm::exit::{error_chain, ExitReason};
 
 use crate::machine::{self, MachineConfig, MachineEnd, MachineError, Nic};
 use crate::spec::VmSpec;
@@ -351,17 +351,6 @@ fn final_phase(
         ),
         (false, _, _) => (Phase::Dead, end.reason.to_string()),
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 #[cfg(test)]

@@ -32,7 +32,7 @@ use crate::devices::virtio::net::{Net, NetConfig, NetError};
 use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::vsock::Vsock;
 use crate::devices::virtio::{IrqTrigger, VirtioDevice};
-use crate::exit::ExitReason;
+use crate::exit::{error_chain, ExitReason};
 use crate::kvm_flavor::GuestProfile;
 use crate::loader::{self, KernelEntry, KernelFormat, LoaderError};
 use crate::memory::{self, GuestMemoryMmap, MemoryError};
@@ -589,16 +589,6 @@ where
     mmio_bus.insert(addr, MMIO_WINDOW_SIZE, Arc::new(Mutex::new(transport)))?;
     events.add_subscriber(device);
     Ok(())
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        s += &format!(": {c}");
-        cause = c.source();
-    }
-    s
 }
 
 extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {

@@ -98,6 +98,19 @@ impl fmt::Display for ExitReason {
     }
 }
 
+/// `e` and its causes on one line, `: `-separated: the message of an
+/// [`ExitReason::VmmError`] or of a VM's status.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cause = c.source();
+    }
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

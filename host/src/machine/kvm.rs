@@ -15,7 +15,7 @@ use capsule_vmm::builder::{MicroVm, VmConfig};
 use capsule_vmm::devices::virtio::block::BlockConfig;
 use capsule_vmm::devices::virtio::fs::FsConfig;
 use capsule_vmm::devices::virtio::net::NetConfig;
-use capsule_vmm::exit::ExitReason;
+use capsule_vmm::exit::{error_chain, ExitReason};
 use capsule_vmm::kvm_flavor::{GuestProfile, KvmFlavor};
 
 use super::{Machine, MachineConfig, MachineError};
@@ -212,16 +212,6 @@ fn report(ended: &Ended) {
         "{}",
         serde_json::to_string(ended).expect("a report serializes")
     );
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        s += &format!(": {c}");
-        cause = c.source();
-    }
-    s
 }
 
 /// Builds the VM for `config` and runs it until the guest ends, in this process.
