@@ -40,10 +40,10 @@ printf 'root:x:0:\nnogroup:x:65534:\n' > "$staging/etc/group"
 printf '127.0.0.1 localhost\n::1 localhost\n' > "$staging/etc/hosts"
 : > "$staging/etc/resolv.conf"  # bind-mounted over by the agent for a container on a network
 args=(--init "$agent" --add-file "$busybox:/bin/busybox" --add-dir "$staging/etc:/etc"
-      --symlink "/init:/sbin/request-key" --symlink "/init:/bin/keyctl" --mknod "c:5:1:600:/dev/console")
+      --symlink "/init:/sbin/request-key" --symlink "/init:/bin/keyctl" --symlink "/init:/bin/container" --mknod "c:5:1:600:/dev/console")
 for d in /proc /sys /dev /run /tmp /root /mnt /var /usr/bin /usr/sbin /sbin; do args+=(--dir "$d"); done
 for applet in $("$busybox" --list-full); do
-  case "$applet" in bin/busybox|sbin/request-key|bin/keyctl) continue ;; esac
+  case "$applet" in bin/busybox|sbin/request-key|bin/keyctl|bin/container) continue ;; esac
   args+=(--symlink "/bin/busybox:/$applet")
 done
 ./target/release/capsule-mkinitramfs -o "$staging/initramfs.cpio" "${args[@]}" >&2

@@ -27,6 +27,8 @@ pub mod netlink;
 pub mod reaper;
 #[allow(unsafe_code)]
 pub mod request_key;
+#[allow(unsafe_code)]
+pub mod selfctl;
 pub mod server;
 pub mod service;
 #[allow(unsafe_code)]

@@ -6,14 +6,15 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use capsule_agent::transport::Transport;
-use capsule_agent::{init, keyctl, request_key, run, BackendChoice, OnShutdown, Options};
+use capsule_agent::{init, keyctl, request_key, run, selfctl, BackendChoice, OnShutdown, Options};
 
 const USAGE: &str = "usage:
   capsule-agent                         run as PID 1 of the guest (vsock ports 1024/1025)
   capsule-agent serve [--unix PATH | --vsock] [--backend auto|kernel|mainline]
                       [--cgroup-parent DIR]
   capsule-agent request-key <op> <key> <uid> <gid> <thread-kr> <process-kr> <session-kr> [--unix PATH]
-  capsule-agent keyctl request|request2|print|pipe|describe ...   (also as /bin/keyctl)";
+  capsule-agent keyctl request|request2|print|pipe|describe ...   (also as /bin/keyctl)
+  capsule-agent container kill [SIGNAL]|freeze|thaw   act on one's own container (also as /bin/container)";
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -27,10 +28,14 @@ fn main() {
     if argv0 == "keyctl" {
         std::process::exit(keyctl::main(&args[1..]));
     }
+    if argv0 == "container" {
+        std::process::exit(selfctl::main(&args[1..]));
+    }
     capsule_agent::init_logging();
     let code = match args.get(1).map(String::as_str) {
         Some("request-key") => request_key::main(&args[2..]),
         Some("keyctl") => keyctl::main(&args[2..]),
+        Some("container") => selfctl::main(&args[2..]),
         Some("serve") => report(serve(&args[2..])),
         Some("-h") | Some("--help") => {
             println!("{USAGE}");

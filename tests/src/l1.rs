@@ -96,7 +96,8 @@ fn shell_quote(s: &str) -> String {
 
 /// Modules of the L1 kernel that VM networks use: TAPs, bridges, veths, nftables NAT and fib,
 /// tc redirects (`--netns`).
-const L1_NETWORK_MODULES: &str = "tun bridge nf_tables nf_nat nft_chain_nat nft_masq nft_fib_ipv4";
+const L1_NETWORK_MODULES: &str = "tun bridge veth nf_tables nf_nat nft_nat nft_chain_nat nft_masq \
+     nft_fib_ipv4 sch_ingress cls_u32 act_mirred";
 
 /// The script the L1 runs: load KVM, then `command` (a shell command line) in the current
 /// directory, with stdout and stderr on the console.

@@ -415,16 +415,12 @@ fn children(pid: u32) -> Vec<u32> {
 /// The processes that run the guest: QEMU under the supervisor, or the supervisor itself (the
 /// KVM backend runs capsule's VMM in the supervisor).
 fn guest_processes(backend: Backend, supervisor: u32) -> Result<Vec<u32>, String> {
-    match backend {
-        Backend::Kvm => Ok(vec![supervisor]),
-        Backend::Qemu => {
-            let qemu = children(supervisor);
-            if qemu.is_empty() {
-                return Err("no QEMU process under the supervisor".into());
-            }
-            Ok(qemu)
-        }
+    // capsule's VMM (`capsule __vmm`) or QEMU: a child of the supervisor.
+    let machine = children(supervisor);
+    if machine.is_empty() {
+        return Err(format!("no {} process under the supervisor", backend.cli_name()));
     }
+    Ok(machine)
 }
 
 fn agent_not_answering(backend: Backend) -> Result<(), String> {

@@ -5,9 +5,8 @@
 //! `/proc/containers` (`capsule ls VM`) read back after each operation.
 //!
 //! From inside, `reboot -f` in a container restarts it (the kernel leaves it "rebooting", the
-//! agent starts a fresh init). `CONTAINER_FD_CURRENT` (kill/freeze/thaw of one's own
-//! container) has no capsule command (no shipped helper uses it); the kernel selftests
-//! (`container_reboot_test`) cover it.
+//! agent starts a fresh init), and the shipped `/bin/container` (`CONTAINER_FD_CURRENT`) lets a
+//! member freeze or kill its own container.
 
 use capsule_tests::cli::{CapsuleCli, Outcome};
 use capsule_tests::tier::{run_backend_tests, Backend, BackendTest};
@@ -374,6 +373,54 @@ fn devices(backend: Backend) -> Result<(), String> {
     Ok(())
 }
 
+/// A member acts on its own container with the shipped `container` command: a freeze stops
+/// the member too until the owner thaws it; a kill ends the container.
+fn from_inside(backend: Backend) -> Result<(), String> {
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+    let cli = CapsuleCli::new("ops-inside")?;
+    cli.create(backend, "self", &["--net", "none"])?;
+    let mut member = cli
+        .command(&["exec", "self", "--", "sh", "-c", "container freeze && echo thawed"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("capsule exec: {e}"))?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while state(&cli, "self", "self")?.as_deref() != Some("frozen") {
+        if Instant::now() > deadline {
+            let _ = member.kill();
+            return Err("the container never showed frozen after `container freeze`".into());
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    if member.try_wait().map_err(|e| e.to_string())?.is_some() {
+        return Err("the freezing member went on running while its container was frozen".into());
+    }
+    run(&cli, &["thaw", "self"])?.expect_code(0)?;
+    let out = member.wait_with_output().map_err(|e| e.to_string())?;
+    if !out.status.success() || String::from_utf8_lossy(&out.stdout) != "thawed\n" {
+        return Err(format!(
+            "after thaw the member ended with {:?}, stdout {:?}, stderr {:?}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    expect_state(&cli, "self", "self", "running")?;
+    // SIGKILL from inside: the member dies with the rest, the container ends.
+    run(&cli, &["exec", "self", "--", "container", "kill"])?.expect_code(137)?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while state(&cli, "self", "self")?.is_some() {
+        if Instant::now() > deadline {
+            return Err("the container is still listed after `container kill` from inside".into());
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    refused(&cli, &["exec", "self", "--", "true"], &["no container named \"self\""])
+}
+
 fn main() {
     let t = BackendTest::linux;
     run_backend_tests(vec![
@@ -383,5 +430,9 @@ fn main() {
         t("set_root_changes_the_root_of_new_processes", set_root),
         t("policy_limits_one_container", policy),
         t("devices_limit_what_members_open", devices),
+        t(
+            "a_member_freezes_and_kills_its_own_container_from_inside",
+            from_inside,
+        ),
     ]);
 }

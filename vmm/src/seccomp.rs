@@ -127,6 +127,9 @@ fn common() -> Vec<(i64, Vec<SeccompRule>)> {
                     libc::F_GETFD as u64,
                     libc::F_SETFD as u64,
                     libc::F_DUPFD_CLOEXEC as u64,
+                    // The vsock bulk path sizes its pipes.
+                    libc::F_SETPIPE_SZ as u64,
+                    libc::F_GETPIPE_SZ as u64,
                 ],
             ),
         ),
@@ -176,8 +179,13 @@ fn rules(kind: ThreadKind) -> BTreeMap<i64, Vec<SeccompRule>> {
             (libc::SYS_fsync, vec![]),
             (libc::SYS_fdatasync, vec![]),
             (libc::SYS_lseek, vec![]),
+            // The vsock bulk path: guest pages into a pipe, the pipe into the host socket.
             (libc::SYS_splice, vec![]),
+            (libc::SYS_vmsplice, vec![]),
+            (libc::SYS_pipe, vec![]),
             (libc::SYS_pipe2, vec![]),
+            // virtio-blk discard and write-zeroes.
+            (libc::SYS_fallocate, vec![]),
             (libc::SYS_accept4, vec![]),
             (libc::SYS_connect, vec![]),
             (libc::SYS_recvfrom, vec![]),

@@ -32,6 +32,9 @@ pub mod nr {
     pub const CONTAINER_KEYRING: libc::c_long = 1006;
 }
 
+/// The container-fd argument that means the caller's own container (kill, freeze, thaw).
+pub const CONTAINER_FD_CURRENT: i32 = -10000;
+
 /// fsconfig command that binds a superblock to a container's namespaces.
 pub const FSCONFIG_SET_CONTAINER: u32 = 64;
 /// move_mount flag: mount as the container's root.
@@ -645,7 +648,9 @@ mod tests {
             None,
             "a negative define: checked below"
         );
-        assert!(text.contains("#define CONTAINER_FD_CURRENT\t\t(-10000)"));
+        assert!(text.contains(&format!(
+            "#define CONTAINER_FD_CURRENT\t\t({CONTAINER_FD_CURRENT})"
+        )));
         assert_eq!(define("CONTAINER_DEV_ANY"), None);
         assert!(text.contains("CONTAINER_DEV_ANY\t\t0xffffffffU"));
     }
