@@ -48,7 +48,12 @@ fn call(nr: libc::c_long, arg: libc::c_long) -> Result<(), String> {
 
 /// The applet's entry: `args` without the program name. Returns the exit code.
 pub fn main(args: &[String]) -> i32 {
-    let result = match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+    let result = match args
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
         ["kill"] => call(nr::CONTAINER_KILL, libc::SIGKILL.into()),
         ["kill", sig] => match signal(sig) {
             Some(s) => call(nr::CONTAINER_KILL, s.into()),

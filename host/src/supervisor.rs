@@ -63,6 +63,20 @@ pub fn supervise(state: &StateDir) -> Result<Phase, SupervisorError> {
         spec.name, spec.machine, spec.machine_reason
     );
 
+    // One virtiofsd per share, started from this thread so that they die with it
+    // (PR_SET_PDEATHSIG), and stopped when this function returns (Drop). First, so that a
+    // share that cannot be served leaves no other socket behind.
+    let mut daemons = match start_virtiofsds(&spec, state) {
+        Ok(daemons) => daemons,
+        Err(e) => {
+            warn!("VM {}: {e}", spec.name);
+            status.phase = Phase::Dead;
+            status.reason = Some(format!("a share could not be served: {}", error_chain(&e)));
+            state.write_status(&status)?;
+            return Ok(Phase::Dead);
+        }
+    };
+
     let vsock_uds = state.vsock_path();
     let _ = std::fs::remove_file(&vsock_uds);
     upcall::start(
@@ -74,18 +88,6 @@ pub fn supervise(state: &StateDir) -> Result<Phase, SupervisorError> {
         },
     )?;
 
-    // One virtiofsd per share, started from this thread so that they die with it
-    // (PR_SET_PDEATHSIG), and stopped when this function returns (Drop).
-    let mut daemons = match start_virtiofsds(&spec, state) {
-        Ok(daemons) => daemons,
-        Err(e) => {
-            warn!("VM {}: {e}", spec.name);
-            status.phase = Phase::Dead;
-            status.reason = Some(format!("a share could not be served: {}", error_chain(&e)));
-            state.write_status(&status)?;
-            return Ok(Phase::Dead);
-        }
-    };
     let networks = crate::network::store();
     let mut nics = Vec::new();
     if let Some(att) = &spec.network {

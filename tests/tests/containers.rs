@@ -418,7 +418,10 @@ fn guest_processes(backend: Backend, supervisor: u32) -> Result<Vec<u32>, String
     // capsule's VMM (`capsule __vmm`) or QEMU: a child of the supervisor.
     let machine = children(supervisor);
     if machine.is_empty() {
-        return Err(format!("no {} process under the supervisor", backend.cli_name()));
+        return Err(format!(
+            "no {} process under the supervisor",
+            backend.cli_name()
+        ));
     }
     Ok(machine)
 }

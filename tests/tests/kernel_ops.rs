@@ -381,7 +381,14 @@ fn from_inside(backend: Backend) -> Result<(), String> {
     let cli = CapsuleCli::new("ops-inside")?;
     cli.create(backend, "self", &["--net", "none"])?;
     let mut member = cli
-        .command(&["exec", "self", "--", "sh", "-c", "container freeze && echo thawed"])
+        .command(&[
+            "exec",
+            "self",
+            "--",
+            "sh",
+            "-c",
+            "container freeze && echo thawed",
+        ])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -418,7 +425,11 @@ fn from_inside(backend: Backend) -> Result<(), String> {
         }
         std::thread::sleep(Duration::from_millis(300));
     }
-    refused(&cli, &["exec", "self", "--", "true"], &["no container named \"self\""])
+    refused(
+        &cli,
+        &["exec", "self", "--", "true"],
+        &["no container named \"self\""],
+    )
 }
 
 fn main() {

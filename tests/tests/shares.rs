@@ -386,6 +386,13 @@ fn bad_shares_refused_before_boot(backend: Backend) -> Result<(), String> {
     {
         return Err("a refused create left a state directory".into());
     }
+
+    // A virtiofsd that exits before it serves: the VM does not start, and says why.
+    let mut cmd = cli.command(&args);
+    cmd.env("CAPSULE_VIRTIOFSD", "/bin/false");
+    cli.run_command(cmd, &args, None)?
+        .expect_code(1)?
+        .expect_stderr_has(&["a share could not be served", "exited before it served"])?;
     Ok(())
 }
 
