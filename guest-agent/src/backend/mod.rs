@@ -243,3 +243,31 @@ pub(crate) fn read_status(fd: &OwnedFd) -> Option<i32> {
         _ => None,
     }
 }
+
+/// The uapi header copy of the patch series, for tests that hold constants against it.
+#[cfg(test)]
+pub(crate) mod uapi_header {
+    /// The header's text, or `None` (with a note) when it is not in this tree.
+    pub fn text() -> Option<String> {
+        let header = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../guest-kernel-config/include/uapi/linux/container.h"
+        );
+        let text = std::fs::read_to_string(header).ok();
+        if text.is_none() {
+            eprintln!("{header} not present: skipping the comparison");
+        }
+        text
+    }
+
+    /// The value of `#define NAME VALUE` (decimal or 0x hex) in `text`.
+    pub fn define(text: &str, name: &str) -> Option<i64> {
+        text.lines().find_map(|l| {
+            let mut it = l.split_whitespace();
+            (it.next()? == "#define" && it.next()? == name).then_some(())?;
+            let v = it.next()?;
+            v.strip_prefix("0x")
+                .map_or_else(|| v.parse().ok(), |h| i64::from_str_radix(h, 16).ok())
+        })
+    }
+}
