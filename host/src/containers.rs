@@ -13,6 +13,7 @@ use capsule_protocol::methods::{
 };
 use capsule_protocol::{pb, ClientError, Method};
 
+use crate::share;
 use crate::vm::{AgentError, Vm};
 
 /// A further container of a running VM.
@@ -25,6 +26,11 @@ pub struct ContainerSpec {
     /// `None` shares the guest's root (the initramfs). Images are attached to a VM when it
     /// is created (`--rootfs`, `--volume`); a directory of them can be a later root.
     pub root_dir: Option<String>,
+    /// A directory of the VM's root share (`rootfs_dir` of [`crate::vm::CreateRequest`]),
+    /// relative to it, as the container's root (needs `NEW_FS_NS`); excludes `root_dir`.
+    pub root_in_share: Option<String>,
+    /// Mount the root read-only.
+    pub read_only_root: bool,
     /// Hostname in a new UTS namespace; empty: the name.
     pub hostname: String,
     /// Namespaces taken from other containers of the VM before the init starts.
@@ -89,10 +95,12 @@ impl Vm {
         &self,
         spec: &ContainerSpec,
     ) -> Result<pb::CreateContainerResponse, ContainerError> {
-        let (root, root_source) = match &spec.root_dir {
-            Some(dir) => (pb::RootKind::RootDirectory, dir.clone()),
-            None => (pb::RootKind::RootInitramfs, String::new()),
+        let (root, root_source, root_subdir) = match (&spec.root_dir, &spec.root_in_share) {
+            (Some(dir), _) => (pb::RootKind::RootDirectory, dir.clone(), String::new()),
+            (None, Some(sub)) => (pb::RootKind::RootVirtiofs, share::tag(0, true), sub.clone()),
+            (None, None) => (pb::RootKind::RootInitramfs, String::new(), String::new()),
         };
+        let root_options = if spec.read_only_root { "ro" } else { "" };
         self.container_call::<CreateContainer>(
             "create",
             &spec.name,
@@ -102,10 +110,11 @@ impl Vm {
                 root: root as i32,
                 root_source,
                 root_fstype: String::new(),
-                root_options: String::new(),
+                root_options: root_options.to_string(),
                 hostname: spec.hostname.clone(),
                 share_ns: spec.share_ns.clone(),
                 devices: spec.devices.clone(),
+                root_subdir,
             },
         )
     }

@@ -65,8 +65,14 @@ pub struct CreateRequest {
     pub rootfs: Option<PathBuf>,
     /// A host directory as the container's root (served over virtio-fs); excludes `rootfs`.
     pub rootfs_dir: Option<PathBuf>,
+    /// With `rootfs_dir`: the directory below it (relative) that is the container's root.
+    /// The VM's later containers can take other directories of the same share
+    /// ([`crate::containers::ContainerSpec::root_in_share`]): a pod's containers.
+    pub rootfs_subdir: Option<String>,
     /// Mount the root (`rootfs` or `rootfs_dir`) read-write.
     pub rootfs_writable: bool,
+    /// Hostname of the container (`None`: the VM's name).
+    pub hostname: Option<String>,
     pub volumes: Vec<Volume>,
     /// Host directories mounted in the container.
     pub shares: Vec<SharedDir>,
@@ -221,6 +227,8 @@ pub struct Prepared {
     spec: VmSpec,
     rootfs: Option<(&'static str, bool)>,
     volumes: Vec<(Volume, &'static str)>,
+    rootfs_subdir: Option<String>,
+    hostname: Option<String>,
     flags: u32,
     devices: Vec<pb::DeviceRule>,
     keys: Vec<Key>,
@@ -308,9 +316,10 @@ impl Prepared {
                 root_source,
                 root_fstype,
                 root_options,
-                hostname: String::new(),
+                hostname: self.hostname.clone().unwrap_or_default(),
                 share_ns: Vec::new(),
                 devices: self.devices.clone(),
+                root_subdir: self.rootfs_subdir.clone().unwrap_or_default(),
             })
             .map_err(|source| {
                 Box::new(SetupError::Container {
@@ -499,6 +508,8 @@ pub fn prepare(req: CreateRequest) -> Result<Prepared, CreateError> {
         spec,
         rootfs: rootfs_type.map(|t| (t, req.rootfs_writable)),
         volumes,
+        rootfs_subdir: req.rootfs_subdir,
+        hostname: req.hostname,
         flags: req.flags,
         devices: req.devices,
         keys: req.keys,

@@ -83,6 +83,25 @@ pub fn absolute_path(field: &str, p: &str) -> Result<(), RpcError> {
     Ok(())
 }
 
+/// A relative path inside a file system: no leading `/`, and no empty, `.` or `..`
+/// components.
+pub fn relative_path(field: &str, p: &str) -> Result<(), RpcError> {
+    plain_string(field, p, MAX_PATH_LEN)?;
+    if p.is_empty() || p.starts_with('/') {
+        return Err(RpcError::invalid(
+            field,
+            format!("path {p:?} is not a relative path"),
+        ));
+    }
+    if p.split('/').any(|c| c.is_empty() || c == "." || c == "..") {
+        return Err(RpcError::invalid(
+            field,
+            format!("path {p:?} has an empty, '.' or '..' component"),
+        ));
+    }
+    Ok(())
+}
+
 /// A list of at most `max` strings, each checked by [`plain_string`] with `max_len`.
 pub fn string_list(
     field: &str,
@@ -249,6 +268,15 @@ pub fn policy(lsm: &str, policy: &[u8]) -> Result<(), RpcError> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn relative_paths() {
+        assert!(super::relative_path("f", "pod/abc/rootfs").is_ok());
+        for bad in ["", "/abs", "a/../b", "a//b", "./a", "a/"] {
+            let e = super::relative_path("f", bad).unwrap_err();
+            assert_eq!(e.field, "f", "{bad:?}");
+        }
+    }
+
     use super::*;
 
     #[test]

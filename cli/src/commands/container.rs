@@ -81,6 +81,8 @@ fn add(args: AddArgs) -> Result<()> {
             None => Vec::new(),
         },
         root_dir: args.root_dir,
+        root_in_share: None,
+        read_only_root: false,
         hostname: args.hostname.unwrap_or_default(),
         name: args.name,
     };

@@ -178,6 +178,8 @@ fn request(args: CreateArgs) -> Result<CreateRequest> {
         initrd: args.initrd,
         rootfs: args.rootfs,
         rootfs_dir: args.rootfs_dir,
+        rootfs_subdir: None,
+        hostname: None,
         rootfs_writable: args.rootfs_rw,
         volumes,
         shares,

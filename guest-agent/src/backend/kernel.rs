@@ -182,6 +182,7 @@ impl Backend for KernelBackend {
                 source,
                 fstype,
                 options,
+                subdir,
             } => c.mount(
                 &MountSpec {
                     fstype: fstype.clone(),
@@ -189,6 +190,7 @@ impl Backend for KernelBackend {
                     options: options.clone(),
                     target: "/".into(),
                     mkdir: false,
+                    subdir: subdir.clone(),
                 },
                 reaper,
             )?,
@@ -199,6 +201,7 @@ impl Backend for KernelBackend {
                     options: "rbind".into(),
                     target: "/".into(),
                     mkdir: false,
+                    subdir: String::new(),
                 },
                 reaper,
             )?,

@@ -208,12 +208,14 @@ impl MainlineBackend {
                 source,
                 fstype,
                 options,
+                subdir,
             } => Some(MountSpec {
                 fstype: fstype.clone(),
                 source: source.clone(),
                 options: options.clone(),
                 target: "/".into(),
                 mkdir: false,
+                subdir: subdir.clone(),
             }),
             RootSpec::Directory(dir) => Some(MountSpec {
                 fstype: "bind".into(),
@@ -221,6 +223,7 @@ impl MainlineBackend {
                 options: "rbind".into(),
                 target: "/".into(),
                 mkdir: false,
+                subdir: String::new(),
             }),
             RootSpec::None => Some(MountSpec {
                 fstype: "tmpfs".into(),
@@ -228,6 +231,7 @@ impl MainlineBackend {
                 options: "ro,mode=755".into(),
                 target: "/".into(),
                 mkdir: false,
+                subdir: String::new(),
             }),
         };
         if let Some(root) = root {
@@ -256,6 +260,7 @@ pub(crate) fn mount_proc(c: &dyn Container, reaper: &Reaper) -> Result<()> {
         options: "nosuid,nodev,noexec".into(),
         target: "/proc".into(),
         mkdir: false,
+        subdir: String::new(),
     };
     match c.mount(&proc, reaper) {
         Err(e) if e.errno == libc::ENOENT => {

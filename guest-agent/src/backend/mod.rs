@@ -63,6 +63,8 @@ pub enum RootSpec {
         source: String,
         fstype: String,
         options: String,
+        /// A directory of that file system (relative to its root) to use instead of its root.
+        subdir: String,
     },
     /// A directory of the guest, bind-mounted.
     Directory(String),
@@ -119,6 +121,8 @@ pub struct MountSpec {
     pub options: String,
     pub target: String,
     pub mkdir: bool,
+    /// Mount this directory of the file system (relative to its root), not its root.
+    pub subdir: String,
 }
 
 /// A row of the container listing.

@@ -124,8 +124,17 @@ pub fn detached_mount(spec: &MountSpec, extra: &dyn Fn(&OwnedFd) -> Result<()>) 
         // A missing device shows up here (the source is only opened on create).
         BackendError::new(e, format!("mounting {} ({})", spec.source, spec.fstype)).field("source")
     })?;
-    sys::fsmount(fs.as_raw_fd(), opts.attrs)
-        .map_err(|e| BackendError::new(e, format!("fsmount {}", spec.fstype)).field("options"))
+    let mnt = sys::fsmount(fs.as_raw_fd(), opts.attrs)
+        .map_err(|e| BackendError::new(e, format!("fsmount {}", spec.fstype)).field("options"))?;
+    if spec.subdir.is_empty() {
+        return Ok(mnt);
+    }
+    let subdir = CString::new(spec.subdir.as_str())
+        .map_err(|_| BackendError::new(libc::EINVAL, "subdir").field("root_subdir"))?;
+    sys::open_tree_clone_at(&mnt, &subdir).map_err(|e| {
+        BackendError::new(e, format!("directory {} of {}", spec.subdir, spec.source))
+            .field("root_subdir")
+    })
 }
 
 fn set_attrs(fd: &OwnedFd, attrs: u32) -> Result<()> {

@@ -229,6 +229,7 @@ impl Agent {
             options: r.options,
             target: r.target,
             mkdir: r.mkdir,
+            subdir: String::new(),
         };
         let this = self.clone();
         let c2 = c.clone();
@@ -336,6 +337,7 @@ pub fn validate_create(r: &pb::CreateContainerRequest) -> Result<CreateSpec, Rpc
                     source: r.root_source.clone(),
                     fstype: r.root_fstype.clone(),
                     options: r.root_options.clone(),
+                    subdir: String::new(),
                 }
             } else {
                 RootSpec::Directory(r.root_source.clone())
@@ -350,10 +352,14 @@ pub fn validate_create(r: &pb::CreateContainerRequest) -> Result<CreateSpec, Rpc
             }
             validate::virtiofs_tag("root_source", &r.root_source)?;
             plain_string("root_options", &r.root_options, MAX_OPTIONS_LEN)?;
+            if !r.root_subdir.is_empty() {
+                validate::relative_path("root_subdir", &r.root_subdir)?;
+            }
             RootSpec::Block {
                 source: r.root_source.clone(),
                 fstype: VIRTIOFS.to_string(),
                 options: r.root_options.clone(),
+                subdir: r.root_subdir.clone(),
             }
         }
         pb::RootKind::RootNone => {

@@ -198,6 +198,7 @@ impl Agent {
                     options: "ro".into(),
                     target: "/etc/resolv.conf".into(),
                     mkdir: false,
+                    subdir: String::new(),
                 };
                 if let Err(e) = entry.ops.mount(&spec, &this.reaper) {
                     // A root without /etc/resolv.conf keeps working, with names unresolved.

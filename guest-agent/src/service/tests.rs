@@ -251,6 +251,7 @@ async fn virtiofs_roots_and_mounts_are_validated_by_tag() {
         options: "ro".into(),
         target: "/srv".into(),
         mkdir: true,
+        subdir: String::new(),
     };
     let e = call::<m::Mount>(&a, mount("")).await.unwrap_err();
     assert_eq!(e.field, "source");
