@@ -181,6 +181,16 @@ pub fn open_tree_clone(path: &CStr, recursive: bool) -> Result<OwnedFd, Errno> {
     check(r).map(|fd| unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
+/// Whether `fd` (a detached mount, a file) is a directory; errors count as one, so that the
+/// caller falls back to a directory target.
+pub fn is_directory(fd: &OwnedFd) -> bool {
+    // SAFETY: fstat on a valid fd into a zeroed stat buffer.
+    unsafe {
+        let mut st: libc::stat = std::mem::zeroed();
+        libc::fstat(fd.as_raw_fd(), &mut st) < 0 || st.st_mode & libc::S_IFMT == libc::S_IFDIR
+    }
+}
+
 /// A detached recursive copy of the directory `path` below the mount `dirfd` (open_tree(2)
 /// with OPEN_TREE_CLONE | AT_RECURSIVE); `path` is relative to `dirfd`.
 pub fn open_tree_clone_at(dirfd: &OwnedFd, path: &CStr) -> Result<OwnedFd, Errno> {

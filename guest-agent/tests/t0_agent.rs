@@ -729,6 +729,7 @@ fn bad_input_and_errors() -> Result<(), String> {
         options: "size=1m".into(),
         target: mnt.clone(),
         mkdir: true,
+        subdir: String::new(),
     })
     .map_err(|e| format!("{e:?}"))?;
     let mut e = exec(

@@ -365,6 +365,7 @@ impl Prepared {
                     options: if volume.read_only { "ro" } else { "rw" }.to_string(),
                     target: volume.target.clone(),
                     mkdir: true,
+                    subdir: String::new(),
                 })
                 .map_err(|source| {
                     Box::new(SetupError::Mount {
@@ -383,6 +384,7 @@ impl Prepared {
                     options: if share.read_only { "ro" } else { "rw" }.to_string(),
                     target: share.target.clone(),
                     mkdir: true,
+                    subdir: String::new(),
                 })
                 .map_err(|source| {
                     Box::new(SetupError::Mount {

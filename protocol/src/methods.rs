@@ -66,6 +66,8 @@ methods! {
         SetRoot(SetRootRequest) -> Empty;
         SetPolicy(SetPolicyRequest) -> Empty;
         SetDevices(SetDevicesRequest) -> Empty;
+        ContainerStats(ContainerRef) -> ContainerStatsResponse;
+        SetResources(SetResourcesRequest) -> Empty;
     }
     UPCALL_SERVICE {
         RequestKey(UpcallRequest) -> UpcallResponse;

@@ -44,6 +44,7 @@ pub fn run(args: MountArgs) -> ExitCode {
                 options: args.options.clone(),
                 target: args.target.clone(),
                 mkdir: !args.no_mkdir,
+                subdir: String::new(),
             })
             .with_context(|| {
                 format!(

@@ -383,15 +383,32 @@ impl Container for KernelContainer {
             )
         } else {
             if spec.mkdir {
+                // A mount of a file (a bind of one) goes on a file.
+                let file_target = !sys::is_directory(&mfd);
+                let comps: Vec<&str> = rel.split('/').filter(|c| !c.is_empty()).collect();
                 let mut cur = String::new();
-                for comp in rel.split('/').filter(|c| !c.is_empty()) {
+                for (i, comp) in comps.iter().enumerate() {
                     if !cur.is_empty() {
                         cur.push('/');
                     }
                     cur.push_str(comp);
                     let c = cstr(&cur);
-                    // SAFETY: mkdirat with the container fd as dirfd and a relative path.
-                    if unsafe { libc::mkdirat(cfd, c.as_ptr(), 0o755) } < 0 {
+                    let r = if file_target && i + 1 == comps.len() {
+                        let flags = libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC;
+                        // SAFETY: openat with the container fd as dirfd and a relative path;
+                        // the new fd is closed right away.
+                        unsafe {
+                            let fd = libc::openat(cfd, c.as_ptr(), flags, 0o644);
+                            if fd >= 0 {
+                                libc::close(fd);
+                            }
+                            fd
+                        }
+                    } else {
+                        // SAFETY: mkdirat with the container fd as dirfd and a relative path.
+                        unsafe { libc::mkdirat(cfd, c.as_ptr(), 0o755) }
+                    };
+                    if r < 0 {
                         let e = sys::last_errno();
                         if e != libc::EEXIST {
                             return Err(err(e, format!("creating {cur}")).field("target"));
@@ -482,30 +499,17 @@ impl Container for KernelContainer {
         Ok(self.keyring)
     }
 
-    fn procs(&self) -> Vec<libc::pid_t> {
+    fn cgroup_dir(&self) -> Option<std::path::PathBuf> {
         let moved = self
             .cgroup
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
         // The kernel puts the container in container-<id> below the agent's cgroup.
-        let dir = match moved {
-            Some(dir) => dir,
-            None => {
-                let Some(parent) = super::mainline::default_cgroup_parent() else {
-                    return Vec::new();
-                };
-                parent
-                    .parent()
-                    .map(|p| p.join(format!("container-{}", self.id)))
-                    .unwrap_or_default()
-            }
-        };
-        std::fs::read_to_string(dir.join("cgroup.procs"))
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| l.trim().parse().ok())
-            .collect()
+        moved.or_else(|| {
+            let parent = super::mainline::default_cgroup_parent()?;
+            Some(parent.parent()?.join(format!("container-{}", self.id)))
+        })
     }
 
     fn cleanup(&self) {

@@ -511,12 +511,8 @@ impl Container for MainlineContainer {
         Ok(self.keyring)
     }
 
-    fn procs(&self) -> Vec<libc::pid_t> {
-        std::fs::read_to_string(self.cgroup.join("cgroup.procs"))
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| l.trim().parse().ok())
-            .collect()
+    fn cgroup_dir(&self) -> Option<std::path::PathBuf> {
+        Some(self.cgroup.clone())
     }
 
     fn cleanup(&self) {

@@ -177,7 +177,18 @@ pub trait Container: Send + Sync {
     /// The serial of the container's keyring.
     fn keyring(&self) -> Result<i32>;
     /// Pids of every process of the container (as the agent sees them).
-    fn procs(&self) -> Vec<libc::pid_t>;
+    fn procs(&self) -> Vec<libc::pid_t> {
+        let Some(dir) = self.cgroup_dir() else {
+            return Vec::new();
+        };
+        std::fs::read_to_string(dir.join("cgroup.procs"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect()
+    }
+    /// The cgroup v2 directory the container's members are in.
+    fn cgroup_dir(&self) -> Option<std::path::PathBuf>;
     /// Releases what the container held once it is dead (cgroup directory, keyring).
     fn cleanup(&self);
 

@@ -130,10 +130,10 @@ pub fn detached_mount(spec: &MountSpec, extra: &dyn Fn(&OwnedFd) -> Result<()>) 
         return Ok(mnt);
     }
     let subdir = CString::new(spec.subdir.as_str())
-        .map_err(|_| BackendError::new(libc::EINVAL, "subdir").field("root_subdir"))?;
+        .map_err(|_| BackendError::new(libc::EINVAL, "subdir").field("subdir"))?;
     sys::open_tree_clone_at(&mnt, &subdir).map_err(|e| {
         BackendError::new(e, format!("directory {} of {}", spec.subdir, spec.source))
-            .field("root_subdir")
+            .field("subdir")
     })
 }
 

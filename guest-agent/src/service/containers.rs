@@ -223,13 +223,22 @@ impl Agent {
         }
         plain_string("options", &r.options, MAX_OPTIONS_LEN)?;
         absolute_path("target", &r.target)?;
+        if !r.subdir.is_empty() {
+            if r.fstype == "bind" {
+                return Err(RpcError::invalid(
+                    "subdir",
+                    "a bind mount names its source; subdir is for file systems",
+                ));
+            }
+            validate::relative_path("subdir", &r.subdir)?;
+        }
         let spec = MountSpec {
             fstype: r.fstype,
             source: r.source,
             options: r.options,
             target: r.target,
             mkdir: r.mkdir,
-            subdir: String::new(),
+            subdir: r.subdir,
         };
         let this = self.clone();
         let c2 = c.clone();

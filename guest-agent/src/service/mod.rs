@@ -11,6 +11,7 @@ mod health;
 mod keys;
 mod network;
 mod processes;
+mod resources;
 mod sockets;
 #[cfg(test)]
 mod tests;
@@ -140,6 +141,8 @@ impl Agent {
             SetRoot => set_root,
             SetPolicy => set_policy,
             SetDevices => set_devices,
+            ContainerStats => container_stats,
+            SetResources => set_resources,
         }
     }
 

@@ -103,6 +103,9 @@ impl Container for FakeContainer {
     fn procs(&self) -> Vec<libc::pid_t> {
         vec![42]
     }
+    fn cgroup_dir(&self) -> Option<std::path::PathBuf> {
+        None
+    }
     fn cleanup(&self) {}
     fn ns_fd(&self) -> crate::backend::Result<OwnedFd> {
         std::fs::File::open("/dev/null")
