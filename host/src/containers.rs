@@ -8,8 +8,8 @@
 //! A VM's first container has the VM's name; every call here names its container.
 
 use capsule_protocol::methods::{
-    CreateContainer, ListContainers, RebootContainer, SetCgroup, SetDevices, SetNamespaces,
-    SetPolicy, SetRoot,
+    ContainerStats, CreateContainer, ListContainers, RebootContainer, SetCgroup, SetDevices,
+    SetNamespaces, SetPolicy, SetResources, SetRoot,
 };
 use capsule_protocol::{pb, ClientError, Method};
 
@@ -161,6 +161,26 @@ impl Vm {
                 },
             )?
             .init_pid)
+    }
+
+    /// The cgroup v2 counters of `container`.
+    pub fn container_stats(
+        &self,
+        container: &str,
+    ) -> Result<pb::ContainerStatsResponse, ContainerError> {
+        self.container_call::<ContainerStats>(
+            "read the cgroup of",
+            container,
+            &pb::ContainerRef {
+                container: container.to_string(),
+            },
+        )
+    }
+
+    /// Sets limits in the cgroup of `container` (`request.container` names it).
+    pub fn set_resources(&self, request: &pb::SetResourcesRequest) -> Result<(), ContainerError> {
+        self.container_call::<SetResources>("limit", &request.container, request)?;
+        Ok(())
     }
 
     /// Moves `container` (every member and later ones) to the cgroup v2 directory `path`,
