@@ -66,6 +66,7 @@ methods! {
         SetRoot(SetRootRequest) -> Empty;
         SetPolicy(SetPolicyRequest) -> Empty;
         SetDevices(SetDevicesRequest) -> Empty;
+        FinishRoot(FinishRootRequest) -> Empty;
     }
     UPCALL_SERVICE {
         RequestKey(UpcallRequest) -> UpcallResponse;
