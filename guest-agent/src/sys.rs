@@ -1,8 +1,9 @@
 //! Thin wrappers over the Linux system calls the agent needs: clone3, pidfds, setns, the mount
-//! API, keyctl, and the socket, terminal and descriptor calls of the service, the bridges and
-//! the stream port. Raw system calls live here (and in the fork child, `backend::child`), so
-//! the layers above are free of `unsafe`. Functions return the raw errno (or an `io::Error`)
-//! on failure; the ones marked *fork-safe* do not allocate and may run between fork and exec.
+//! API, keyctl, capabilities and resource limits, paths resolved inside a root, and the
+//! socket, terminal and descriptor calls of the service, the bridges and the stream port. Raw
+//! system calls live here (and in the fork child, `backend::child`), so the layers above are
+//! free of `unsafe`. Functions return the raw errno (or an `io::Error`) on failure; the ones
+//! marked *fork-safe* do not allocate and may run between fork and exec.
 
 use std::ffi::CStr;
 use std::net::SocketAddr;
@@ -34,6 +35,9 @@ pub const MOUNT_ATTR_NOEXEC: u32 = 0x8;
 pub const MOUNT_ATTR_RELATIME: u32 = 0x0;
 pub const MOUNT_ATTR_NOATIME: u32 = 0x10;
 pub const MOVE_MOUNT_F_EMPTY_PATH: u32 = 0x4;
+pub const MOVE_MOUNT_T_EMPTY_PATH: u32 = 0x40;
+pub const MOUNT_ATTR_STRICTATIME: u32 = 0x20;
+pub const MOUNT_ATTR_NODIRATIME: u32 = 0x80;
 pub const OPEN_TREE_CLONE: u32 = 1;
 pub const AT_RECURSIVE: u32 = 0x8000;
 
@@ -618,4 +622,244 @@ pub fn bind_listen(fd: &OwnedFd, a: &SockAddr, backlog: i32) -> std::io::Result<
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
+}
+
+// Process attributes of an exec child: resource limits, capabilities, no_new_privs. All
+// fork-safe.
+
+/// prctl(2) with integer arguments.
+fn prctl(op: i32, a: libc::c_ulong, b: libc::c_ulong) -> Result<(), Errno> {
+    // SAFETY: the prctl operations used here take integers only.
+    let r = unsafe { libc::prctl(op, a, b, 0 as libc::c_ulong, 0 as libc::c_ulong) };
+    check(r as libc::c_long).map(drop)
+}
+
+/// prlimit(2) of the calling process. Fork-safe.
+pub fn set_rlimit(resource: u32, soft: u64, hard: u64) -> Result<(), Errno> {
+    let limit = libc::rlimit64 {
+        rlim_cur: soft,
+        rlim_max: hard,
+    };
+    // SAFETY: a valid rlimit64 to read and a null old-limit pointer.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_prlimit64,
+            0,
+            resource,
+            &limit as *const libc::rlimit64,
+            std::ptr::null_mut::<libc::rlimit64>(),
+        )
+    };
+    check(r).map(drop)
+}
+
+/// PR_CAPBSET_DROP of capability `cap`. Fork-safe.
+pub fn capbset_drop(cap: u32) -> Result<(), Errno> {
+    prctl(libc::PR_CAPBSET_DROP, cap.into(), 0)
+}
+
+/// PR_SET_KEEPCAPS: keep the permitted set across a change from uid 0. Fork-safe.
+pub fn set_keepcaps(keep: bool) -> Result<(), Errno> {
+    prctl(libc::PR_SET_KEEPCAPS, keep.into(), 0)
+}
+
+/// capset(2) of the calling thread's three sets (64-bit masks, version 3). Fork-safe.
+pub fn capset(effective: u64, permitted: u64, inheritable: u64) -> Result<(), Errno> {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    const VERSION_3: u32 = 0x2008_0522;
+    let half = |shift: u32| Data {
+        effective: (effective >> shift) as u32,
+        permitted: (permitted >> shift) as u32,
+        inheritable: (inheritable >> shift) as u32,
+    };
+    let header = Header {
+        version: VERSION_3,
+        pid: 0,
+    };
+    let data = [half(0), half(32)];
+    // SAFETY: a version-3 header and the two data structs version 3 reads.
+    let r = unsafe { libc::syscall(libc::SYS_capset, &header as *const Header, data.as_ptr()) };
+    check(r).map(drop)
+}
+
+/// PR_CAP_AMBIENT_RAISE of capability `cap`. Fork-safe.
+pub fn ambient_raise(cap: u32) -> Result<(), Errno> {
+    // SAFETY: integer arguments only.
+    let r = unsafe {
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_RAISE as libc::c_ulong,
+            cap as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+        )
+    };
+    check(r as libc::c_long).map(drop)
+}
+
+/// PR_SET_NO_NEW_PRIVS. Fork-safe.
+pub fn set_no_new_privs() -> Result<(), Errno> {
+    prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0)
+}
+
+// Paths inside a container root and the mounts over them (FinishRoot). All fork-safe.
+
+/// `open("/", O_PATH | O_DIRECTORY)`: the caller's root. Fork-safe.
+pub fn open_root() -> Result<OwnedFd, Errno> {
+    // SAFETY: a static NUL-terminated path.
+    let fd = unsafe {
+        libc::open(
+            c"/".as_ptr(),
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    };
+    check(fd as libc::c_long)?;
+    // SAFETY: a new descriptor we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// openat2(2) of `path` with O_PATH, resolved as if `root` were the root directory
+/// (RESOLVE_IN_ROOT, no magic links): `..` and symlinks cannot leave it. Fork-safe.
+pub fn open_in_root(root: RawFd, path: &CStr) -> Result<OwnedFd, Errno> {
+    // SAFETY: open_how is plain old data.
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = (libc::O_PATH | libc::O_CLOEXEC) as u64;
+    how.resolve = libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS;
+    // SAFETY: a NUL-terminated path and an open_how of the size passed.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            root,
+            path.as_ptr(),
+            &how as *const libc::open_how,
+            std::mem::size_of::<libc::open_how>(),
+        )
+    };
+    // SAFETY: a new descriptor we own on success.
+    check(r).map(|fd| unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// fstat(2): (st_mode, st_rdev). Fork-safe.
+pub fn fstat(fd: RawFd) -> Result<(u32, u64), Errno> {
+    // SAFETY: stat is plain old data, filled by the kernel.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid pointer to a stat we own.
+    check(unsafe { libc::fstat(fd, &mut st) } as libc::c_long)?;
+    Ok((st.st_mode, st.st_rdev))
+}
+
+/// The file system magic of the file behind `fd` (fstatfs(2) `f_type`). Fork-safe.
+pub fn fs_magic(fd: RawFd) -> Result<i64, Errno> {
+    // SAFETY: statfs is plain old data, filled by the kernel.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid pointer to a statfs we own.
+    check(unsafe { libc::fstatfs(fd, &mut st) } as libc::c_long)?;
+    Ok(st.f_type as i64)
+}
+
+/// A character device node `name` in `dir` with exactly `mode` (umask does not apply), owned
+/// by 0:0. Fork-safe.
+pub fn make_char_device(
+    dir: RawFd,
+    name: &CStr,
+    mode: u32,
+    major: u32,
+    minor: u32,
+) -> Result<(), Errno> {
+    let dev = libc::makedev(major, minor);
+    // SAFETY: a NUL-terminated name relative to a directory fd.
+    check(unsafe { libc::mknodat(dir, name.as_ptr(), libc::S_IFCHR | mode, dev) } as libc::c_long)?;
+    // SAFETY: as above; the node was just created.
+    check(unsafe { libc::fchmodat(dir, name.as_ptr(), mode, 0) } as libc::c_long)?;
+    // SAFETY: as above; AT_SYMLINK_NOFOLLOW.
+    check(
+        unsafe { libc::fchownat(dir, name.as_ptr(), 0, 0, libc::AT_SYMLINK_NOFOLLOW) }
+            as libc::c_long,
+    )
+    .map(drop)
+}
+
+/// symlinkat(2): `dir/name` → `target`. Fork-safe.
+pub fn symlink_at(target: &CStr, dir: RawFd, name: &CStr) -> Result<(), Errno> {
+    // SAFETY: NUL-terminated strings and a directory fd.
+    check(unsafe { libc::symlinkat(target.as_ptr(), dir, name.as_ptr()) } as libc::c_long).map(drop)
+}
+
+/// Whether `dir/name` is a directory (not following a final symlink). Fork-safe.
+pub fn is_dir_at(dir: RawFd, name: &CStr) -> bool {
+    // SAFETY: stat is plain old data, filled by the kernel.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: a NUL-terminated name, a directory fd and a stat we own.
+    let r = unsafe { libc::fstatat(dir, name.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) };
+    r == 0 && st.st_mode & libc::S_IFMT == libc::S_IFDIR
+}
+
+/// open_tree(2) with OPEN_TREE_CLONE of the object `fd` names (AT_EMPTY_PATH). Fork-safe.
+pub fn clone_tree(fd: RawFd, recursive: bool) -> Result<OwnedFd, Errno> {
+    let flags = OPEN_TREE_CLONE
+        | libc::O_CLOEXEC as u32
+        | libc::AT_EMPTY_PATH as u32
+        | if recursive { AT_RECURSIVE } else { 0 };
+    // SAFETY: an empty path with AT_EMPTY_PATH.
+    let r = unsafe { libc::syscall(libc::SYS_open_tree, fd, c"".as_ptr(), flags) };
+    // SAFETY: a new fd on success.
+    check(r).map(|fd| unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// move_mount(2) of the detached mount `mnt` onto the object `target` names. Fork-safe.
+pub fn move_mount_onto(mnt: RawFd, target: RawFd) -> Result<(), Errno> {
+    // SAFETY: empty paths with the EMPTY_PATH flags on both sides.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            mnt,
+            c"".as_ptr(),
+            target,
+            c"".as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH,
+        )
+    };
+    check(r).map(drop)
+}
+
+/// mount_setattr(2) setting `attrs` on the mount `fd` names (and, with `recursive`, every
+/// mount below it). Fork-safe.
+pub fn mount_setattr(fd: RawFd, attrs: u32, recursive: bool) -> Result<(), Errno> {
+    #[repr(C)]
+    struct MountAttr {
+        attr_set: u64,
+        attr_clr: u64,
+        propagation: u64,
+        userns_fd: u64,
+    }
+    let attr = MountAttr {
+        attr_set: attrs.into(),
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    let flags = libc::AT_EMPTY_PATH as u32 | if recursive { AT_RECURSIVE } else { 0 };
+    // SAFETY: a valid mount_attr of the size passed and an empty path.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            fd,
+            c"".as_ptr(),
+            flags,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    check(r).map(drop)
 }

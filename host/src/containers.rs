@@ -3,13 +3,15 @@
 //! VM (a pod: one VM, its containers sharing the first one's net, ipc and uts namespaces),
 //! [`Vm::containers`] lists them (`/proc/containers` of the guest), and
 //! [`Vm::share_namespaces`], [`Vm::reboot_container`], [`Vm::set_cgroup`], [`Vm::set_root`],
-//! [`Vm::set_policy`], [`Vm::set_devices`] are the kernel's `CONTAINER_IOC_*` operations.
+//! [`Vm::set_policy`], [`Vm::set_devices`] are the kernel's `CONTAINER_IOC_*` operations;
+//! [`Vm::finish_root`] is the last step of an OCI bundle's root (devices, masked and
+//! read-only paths).
 //!
 //! A VM's first container has the VM's name; every call here names its container.
 
 use capsule_protocol::methods::{
-    ContainerStats, CreateContainer, ListContainers, RebootContainer, SetCgroup, SetDevices,
-    SetNamespaces, SetPolicy, SetResources, SetRoot,
+    ContainerStats, CreateContainer, FinishRoot, ListContainers, RebootContainer, SetCgroup,
+    SetDevices, SetNamespaces, SetPolicy, SetResources, SetRoot,
 };
 use capsule_protocol::{pb, ClientError, Method};
 
@@ -244,6 +246,14 @@ impl Vm {
                 devices: devices.to_vec(),
             },
         )?;
+        Ok(())
+    }
+
+    /// Finishes the root of `req.container` after its mounts and before its first process:
+    /// default devices in its tmpfs `/dev`, masked paths, read-only paths, a read-only root.
+    pub fn finish_root(&self, req: pb::FinishRootRequest) -> Result<(), ContainerError> {
+        let container = req.container.clone();
+        self.container_call::<FinishRoot>("finish the root of", &container, &req)?;
         Ok(())
     }
 }

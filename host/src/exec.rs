@@ -24,6 +24,12 @@ pub struct ExecSpec {
     pub tty: Option<Option<pb::TtySize>>,
     /// Stream stdin (else the process gets /dev/null).
     pub stdin: bool,
+    /// Resource limits set before exec, in order.
+    pub rlimits: Vec<pb::Rlimit>,
+    /// The capability sets (`None`: the agent's own, as uid 0; none for another uid).
+    pub capabilities: Option<pb::Capabilities>,
+    /// `PR_SET_NO_NEW_PRIVS` before exec.
+    pub no_new_privileges: bool,
 }
 
 /// Why a process could not be started, followed or resized.
@@ -129,6 +135,9 @@ impl Process {
             },
             stdout: stream,
             stderr: stream,
+            rlimits: spec.rlimits,
+            capabilities: spec.capabilities,
+            no_new_privileges: spec.no_new_privileges,
         };
         let started = client
             .call::<Exec>(&request)

@@ -651,8 +651,13 @@ pub fn list() -> Result<Vec<Listing>, StateError> {
 impl Vm {
     /// The VM named `name`; agent calls time out after `agent_timeout`.
     pub fn open(name: &str, agent_timeout: Duration) -> Result<Vm, StateError> {
+        Vm::open_in(&default_root(), name, agent_timeout)
+    }
+
+    /// The VM named `name` under the state root `root` (what `$CAPSULE_STATE_DIR` names).
+    pub fn open_in(root: &Path, name: &str, agent_timeout: Duration) -> Result<Vm, StateError> {
         Ok(Vm {
-            state: StateDir::open(&default_root(), name)?,
+            state: StateDir::open(root, name)?,
             agent_timeout,
         })
     }

@@ -2,7 +2,8 @@
 //! framing, error codes carrying the guest errno, the stream and upcall headers, and a blocking
 //! client for the host. It is the one home of the wire knowledge host and guest share: the
 //! hybrid-vsock handshake ([`hybrid`]), container flags, the name rule and the default PATH
-//! ([`container`]), limits and checks ([`validate`]).
+//! ([`container`]), rlimit and capability names ([`process`]), limits and checks
+//! ([`validate`]).
 //!
 //! Ports (guest side, virtio-vsock): [`AGENT_PORT`] serves RPC, [`STREAM_PORT`] takes exec stdio
 //! and connect-mode socket bridges; the guest calls the host on [`UPCALL_PORT`] for request-key
@@ -12,6 +13,7 @@ pub mod client;
 pub mod container;
 pub mod frame;
 pub mod methods;
+pub mod process;
 pub mod rpc;
 pub mod status;
 pub mod stream;

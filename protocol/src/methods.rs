@@ -68,6 +68,7 @@ methods! {
         SetDevices(SetDevicesRequest) -> Empty;
         ContainerStats(ContainerRef) -> ContainerStatsResponse;
         SetResources(SetResourcesRequest) -> Empty;
+        FinishRoot(FinishRootRequest) -> Empty;
     }
     UPCALL_SERVICE {
         RequestKey(UpcallRequest) -> UpcallResponse;

@@ -266,6 +266,125 @@ pub fn policy(lsm: &str, policy: &[u8]) -> Result<(), RpcError> {
     Ok(())
 }
 
+/// Most entries of each capability list and of the rlimit list (every name fits many times).
+pub const MAX_PROCESS_ATTRS: usize = 256;
+/// Most masked or read-only paths of a FinishRoot.
+pub const MAX_ROOT_PATHS: usize = 256;
+
+/// One resource limit, checked: (resource number, soft, hard).
+pub type Rlimit = (u32, u64, u64);
+
+/// An Exec's rlimits: known OCI names, each once, soft not above hard.
+pub fn rlimits(field: &str, list: &[pb::Rlimit]) -> Result<Vec<Rlimit>, RpcError> {
+    if list.len() > MAX_PROCESS_ATTRS {
+        return Err(RpcError::invalid(
+            field,
+            format!(
+                "{} entries, more than the limit of {MAX_PROCESS_ATTRS}",
+                list.len()
+            ),
+        ));
+    }
+    let mut out: Vec<Rlimit> = Vec::with_capacity(list.len());
+    for (i, r) in list.iter().enumerate() {
+        let f = format!("{field}[{i}]");
+        let Some(resource) = crate::process::rlimit_resource(&r.r#type) else {
+            return Err(RpcError::invalid(
+                format!("{f}.type"),
+                format!(
+                    "unknown rlimit {:?} (RLIMIT_NOFILE, RLIMIT_NPROC, ...)",
+                    r.r#type
+                ),
+            ));
+        };
+        if out.iter().any(|&(res, _, _)| res == resource) {
+            return Err(RpcError::invalid(
+                format!("{f}.type"),
+                format!("{} is named twice", r.r#type),
+            ));
+        }
+        if r.soft > r.hard {
+            return Err(RpcError::invalid(
+                format!("{f}.soft"),
+                format!(
+                    "{}: soft limit {} above hard limit {}",
+                    r.r#type, r.soft, r.hard
+                ),
+            ));
+        }
+        out.push((resource, r.soft, r.hard));
+    }
+    Ok(out)
+}
+
+/// An Exec's capability sets: known OCI names; effective within permitted, ambient within
+/// permitted and inheritable (the kernel refuses anything else).
+pub fn capabilities(
+    field: &str,
+    caps: &pb::Capabilities,
+) -> Result<crate::process::CapSets, RpcError> {
+    let mask = |set: &str, names: &[String]| -> Result<u64, RpcError> {
+        let f = format!("{field}.{set}");
+        if names.len() > MAX_PROCESS_ATTRS {
+            return Err(RpcError::invalid(
+                f,
+                format!(
+                    "{} entries, more than the limit of {MAX_PROCESS_ATTRS}",
+                    names.len()
+                ),
+            ));
+        }
+        crate::process::capability_mask(names).map_err(|(i, name)| {
+            RpcError::invalid(
+                format!("{f}[{i}]"),
+                format!("unknown capability {name:?} (CAP_CHOWN ... CAP_CHECKPOINT_RESTORE)"),
+            )
+        })
+    };
+    let sets = crate::process::CapSets {
+        bounding: mask("bounding", &caps.bounding)?,
+        effective: mask("effective", &caps.effective)?,
+        inheritable: mask("inheritable", &caps.inheritable)?,
+        permitted: mask("permitted", &caps.permitted)?,
+        ambient: mask("ambient", &caps.ambient)?,
+    };
+    let outside = |set: &str, names: &[String], allowed: u64, why: &str| match names
+        .iter()
+        .position(|n| crate::process::capability_number(n).is_some_and(|c| allowed & 1 << c == 0))
+    {
+        Some(i) => Err(RpcError::invalid(
+            format!("{field}.{set}[{i}]"),
+            format!("{} is not {why}", names[i]),
+        )),
+        None => Ok(()),
+    };
+    outside("effective", &caps.effective, sets.permitted, "permitted")?;
+    outside(
+        "ambient",
+        &caps.ambient,
+        sets.permitted & sets.inheritable,
+        "both permitted and inheritable",
+    )?;
+    Ok(sets)
+}
+
+/// The masked and read-only paths of a FinishRoot: absolute, no `..`, bounded.
+pub fn root_paths(field: &str, paths: &[String]) -> Result<(), RpcError> {
+    if paths.len() > MAX_ROOT_PATHS {
+        return Err(RpcError::invalid(
+            field,
+            format!(
+                "{} entries, more than the limit of {MAX_ROOT_PATHS}",
+                paths.len()
+            ),
+        ));
+    }
+    for (i, p) in paths.iter().enumerate() {
+        absolute_path(&format!("{field}[{i}]"), p)?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -278,6 +397,95 @@ mod tests {
     }
 
     use super::*;
+
+    #[test]
+    fn rlimit_lists() {
+        let r = |t: &str, soft, hard| pb::Rlimit {
+            r#type: t.into(),
+            soft,
+            hard,
+        };
+        assert_eq!(
+            rlimits(
+                "rlimits",
+                &[r("RLIMIT_NOFILE", 64, 128), r("RLIMIT_CORE", 0, u64::MAX)]
+            ),
+            Ok(vec![(7, 64, 128), (4, 0, u64::MAX)])
+        );
+        let e = rlimits(
+            "rlimits",
+            &[r("RLIMIT_CORE", 0, 0), r("RLIMIT_FILES", 1, 1)],
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "rlimits[1].type");
+        assert!(e.message.contains("\"RLIMIT_FILES\""), "{e}");
+        let e = rlimits("rlimits", &[r("RLIMIT_CORE", 0, 0), r("RLIMIT_CORE", 0, 0)]).unwrap_err();
+        assert_eq!(e.field, "rlimits[1].type");
+        let e = rlimits("rlimits", &[r("RLIMIT_NOFILE", 2, 1)]).unwrap_err();
+        assert_eq!(e.field, "rlimits[0].soft");
+        assert!(rlimits("rlimits", &vec![r("RLIMIT_CORE", 0, 0); 257]).is_err());
+    }
+
+    #[test]
+    fn capability_sets() {
+        let names = |l: &[&str]| l.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let caps = pb::Capabilities {
+            bounding: names(&["CAP_CHOWN", "CAP_KILL", "CAP_NET_BIND_SERVICE"]),
+            effective: names(&["CAP_CHOWN"]),
+            inheritable: names(&["CAP_NET_BIND_SERVICE"]),
+            permitted: names(&["CAP_CHOWN", "CAP_NET_BIND_SERVICE"]),
+            ambient: names(&["CAP_NET_BIND_SERVICE"]),
+        };
+        let sets = capabilities("capabilities", &caps).unwrap();
+        assert_eq!(sets.bounding, 0x421);
+        assert_eq!((sets.effective, sets.inheritable), (0x1, 0x400));
+        assert_eq!((sets.permitted, sets.ambient), (0x401, 0x400));
+
+        let mut bad = caps.clone();
+        bad.effective = names(&["CAP_CHOWN", "CAP_KILL", "CAP_SETUID", "CAP_NOPE"]);
+        let e = capabilities("capabilities", &bad).unwrap_err();
+        assert_eq!(e.field, "capabilities.effective[3]");
+        assert!(e.message.contains("\"CAP_NOPE\""), "{e}");
+        let mut bad = caps.clone();
+        bad.bounding = names(&["chown"]);
+        assert_eq!(
+            capabilities("capabilities", &bad).unwrap_err().field,
+            "capabilities.bounding[0]"
+        );
+        let mut bad = caps.clone();
+        bad.effective = names(&["CAP_KILL"]);
+        assert_eq!(
+            capabilities("capabilities", &bad).unwrap_err().field,
+            "capabilities.effective[0]"
+        );
+        let mut bad = caps.clone();
+        bad.ambient = names(&["CAP_NET_BIND_SERVICE", "CAP_CHOWN"]);
+        assert_eq!(
+            capabilities("capabilities", &bad).unwrap_err().field,
+            "capabilities.ambient[1]"
+        );
+        assert_eq!(
+            capabilities("capabilities", &pb::Capabilities::default()),
+            Ok(crate::process::CapSets::default())
+        );
+    }
+
+    #[test]
+    fn finish_root_paths() {
+        let list = |l: &[&str]| l.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(root_paths("masked_paths", &list(&["/proc/kcore", "/sys/firmware"])).is_ok());
+        for (bad, i) in [
+            (&["/ok", "rel"][..], 1),
+            (&["/a/../../etc"][..], 0),
+            (&["/x\0"][..], 0),
+        ] {
+            assert_eq!(
+                root_paths("masked_paths", &list(bad)).unwrap_err().field,
+                format!("masked_paths[{i}]")
+            );
+        }
+        assert!(root_paths("readonly_paths", &vec!["/a".to_string(); 257]).is_err());
+    }
 
     #[test]
     fn shares() {

@@ -125,6 +125,7 @@ fn exec(args: &ExecArgs) -> Result<u8> {
         // Nothing to forward from /dev/null: the process gets its own, and one stream fewer
         // is set up.
         stdin: !stdin_is_null(),
+        ..ExecSpec::default()
     };
     let container = common::container_or_vm(&args.name, &args.container);
     let process = Process::start(Arc::new(client), container, spec)?;

@@ -5,6 +5,7 @@
 use std::ffi::{CStr, CString};
 use std::os::fd::RawFd;
 
+use super::privileges::Privileges;
 use crate::sys;
 
 /// Stages of an exec child, reported with the errno when one fails.
@@ -20,6 +21,11 @@ pub enum Stage {
     Cwd = 7,
     Exec = 8,
     Enter = 9,
+    Rlimit = 10,
+    Bounding = 11,
+    Capset = 12,
+    Ambient = 13,
+    NoNewPrivs = 14,
 }
 
 impl Stage {
@@ -35,12 +41,43 @@ impl Stage {
             7 => Cwd,
             8 => Exec,
             9 => Enter,
+            10 => Rlimit,
+            11 => Bounding,
+            12 => Capset,
+            13 => Ambient,
+            14 => NoNewPrivs,
             _ => return None,
         })
     }
 
-    /// The request field a failure at this stage is about.
-    pub fn field(self) -> &'static str {
+    /// The request field a failure at this stage is about; `index` is the entry of a list
+    /// (rlimits, ambient capabilities).
+    pub fn field(self, index: u32) -> String {
+        match self {
+            Stage::Rlimit => format!("rlimits[{index}]"),
+            Stage::Ambient => format!("capabilities.ambient[{index}]"),
+            other => other.fixed_field().to_string(),
+        }
+    }
+
+    /// What the child was doing, for the message.
+    pub fn doing(self) -> &'static str {
+        match self {
+            Stage::Exec => "executing the program",
+            Stage::Cwd => "changing to the working directory",
+            Stage::Uid | Stage::Gid | Stage::Groups => "switching user",
+            Stage::Rlimit => "setting the resource limit",
+            Stage::Bounding => "limiting the capability bounding set",
+            Stage::Capset => "setting the capability sets",
+            Stage::Ambient => "raising the ambient capability",
+            Stage::NoNewPrivs => "setting no_new_privs",
+            Stage::Terminal | Stage::Stdio | Stage::Keyring | Stage::Enter => {
+                "setting up the process"
+            }
+        }
+    }
+
+    fn fixed_field(self) -> &'static str {
         match self {
             Stage::Terminal => "tty",
             Stage::Stdio => "stdio",
@@ -51,6 +88,11 @@ impl Stage {
             Stage::Cwd => "cwd",
             Stage::Exec => "argv[0]",
             Stage::Enter => "container",
+            Stage::Rlimit => "rlimits",
+            Stage::Bounding => "capabilities.bounding",
+            Stage::Capset => "capabilities",
+            Stage::Ambient => "capabilities.ambient",
+            Stage::NoNewPrivs => "no_new_privileges",
         }
     }
 }
@@ -71,7 +113,9 @@ pub struct PreparedExec {
     pub stdio: [RawFd; 3],
     pub tty: bool,
     pub keyring: Option<CString>,
-    /// Write end of a CLOEXEC pipe: (stage u32, errno i32) is written on failure.
+    pub privileges: Privileges,
+    /// Write end of a CLOEXEC pipe: a [`FAILURE_LEN`]-byte record (stage, errno, index) is
+    /// written on failure.
     pub err_fd: RawFd,
 }
 
@@ -107,8 +151,15 @@ impl PreparedExec {
             stdio,
             tty,
             keyring,
+            privileges: Privileges::default(),
             err_fd,
         }
+    }
+
+    /// Sets the rlimits, capabilities and no_new_privs the child applies.
+    pub fn with_privileges(mut self, privileges: Privileges) -> Self {
+        self.privileges = privileges;
+        self
     }
 }
 
@@ -116,19 +167,39 @@ impl PreparedExec {
 // which do not move when the struct moves, and are only read.
 unsafe impl Send for PreparedExec {}
 
+/// Length of the failure record an exec child writes.
+pub const FAILURE_LEN: usize = 12;
+
 fn fail(err_fd: RawFd, stage: Stage, errno: i32) -> i32 {
-    let mut b = [0u8; 8];
+    fail_at(err_fd, stage, 0, errno)
+}
+
+fn fail_at(err_fd: RawFd, stage: Stage, index: u32, errno: i32) -> i32 {
+    let mut b = [0u8; FAILURE_LEN];
     b[..4].copy_from_slice(&(stage as u32).to_ne_bytes());
-    b[4..].copy_from_slice(&errno.to_ne_bytes());
+    b[4..8].copy_from_slice(&errno.to_ne_bytes());
+    b[8..].copy_from_slice(&index.to_ne_bytes());
     let _ = sys::write_all_raw(err_fd, &b);
     127
 }
 
-/// Decodes what [`fail`] wrote.
-pub fn decode_failure(b: &[u8; 8]) -> (Option<Stage>, i32) {
-    let stage = u32::from_ne_bytes([b[0], b[1], b[2], b[3]]);
-    let errno = i32::from_ne_bytes([b[4], b[5], b[6], b[7]]);
-    (Stage::from_u32(stage), errno)
+/// A failure of an exec child, as [`fail_at`] wrote it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Failure {
+    pub stage: Option<Stage>,
+    pub errno: i32,
+    /// The list entry (rlimit, ambient capability) or the capability number (bounding set).
+    pub index: u32,
+}
+
+/// Decodes what [`fail_at`] wrote.
+pub fn decode_failure(b: &[u8; FAILURE_LEN]) -> Failure {
+    let word = |i: usize| [b[i], b[i + 1], b[i + 2], b[i + 3]];
+    Failure {
+        stage: Stage::from_u32(u32::from_ne_bytes(word(0))),
+        errno: i32::from_ne_bytes(word(4)),
+        index: u32::from_ne_bytes(word(8)),
+    }
 }
 
 /// Resets the signal mask and the dispositions the agent changed (SIGPIPE is ignored by Rust
@@ -176,6 +247,14 @@ pub fn exec_child(p: &PreparedExec) -> i32 {
             return fail(p.err_fd, Stage::Keyring, e);
         }
     }
+    // runc's order: rlimits while still privileged, the bounding set before the uid change.
+    let privs = &p.privileges;
+    if let Err((i, e)) = privs.set_rlimits() {
+        return fail_at(p.err_fd, Stage::Rlimit, i, e);
+    }
+    if let Err((cap, e)) = privs.limit_bounding_set() {
+        return fail_at(p.err_fd, Stage::Bounding, cap, e);
+    }
     // Raw system calls, not glibc's wrappers: after a raw clone3 glibc still believes the
     // agent's other threads exist and its set*id wrappers would wait for them forever.
     // SAFETY: setgroups with a pointer/length pair of a live Vec.
@@ -193,6 +272,15 @@ pub fn exec_child(p: &PreparedExec) -> i32 {
     // SAFETY: a NUL-terminated path prepared before the fork.
     if unsafe { libc::chdir(p.cwd.as_ptr()) } < 0 {
         return fail(p.err_fd, Stage::Cwd, sys::last_errno());
+    }
+    if let Err(e) = privs.set_capabilities() {
+        return fail(p.err_fd, Stage::Capset, e);
+    }
+    if let Err((i, e)) = privs.raise_ambient() {
+        return fail_at(p.err_fd, Stage::Ambient, i, e);
+    }
+    if let Err(e) = privs.set_no_new_privs() {
+        return fail(p.err_fd, Stage::NoNewPrivs, e);
     }
     // As execvp: EACCES from any candidate wins over a later ENOENT.
     let mut err = libc::ENOENT;
@@ -398,8 +486,30 @@ mod tests {
         let (r, w) = sys::pipe().unwrap();
         use std::os::fd::AsRawFd;
         assert_eq!(fail(w.as_raw_fd(), Stage::Cwd, libc::ENOENT), 127);
-        let mut b = [0u8; 8];
+        assert_eq!(fail_at(w.as_raw_fd(), Stage::Ambient, 3, libc::EPERM), 127);
+        let mut b = [0u8; FAILURE_LEN];
         sys::read_full_raw(r.as_raw_fd(), &mut b).unwrap();
-        assert_eq!(decode_failure(&b), (Some(Stage::Cwd), libc::ENOENT));
+        let f = decode_failure(&b);
+        assert_eq!(
+            (f.stage, f.errno, f.index),
+            (Some(Stage::Cwd), libc::ENOENT, 0)
+        );
+        sys::read_full_raw(r.as_raw_fd(), &mut b).unwrap();
+        let f = decode_failure(&b);
+        assert_eq!((f.stage, f.errno), (Some(Stage::Ambient), libc::EPERM));
+        assert_eq!(f.stage.unwrap().field(f.index), "capabilities.ambient[3]");
+    }
+
+    #[test]
+    fn every_stage_round_trips_and_names_a_field() {
+        for v in 1..=14 {
+            let stage = Stage::from_u32(v).unwrap();
+            assert_eq!(stage as u32, v);
+            assert!(!stage.field(0).is_empty());
+        }
+        assert_eq!(Stage::from_u32(15), None);
+        assert_eq!(Stage::Rlimit.field(2), "rlimits[2]");
+        assert_eq!(Stage::Bounding.field(21), "capabilities.bounding");
+        assert_eq!(Stage::Exec.field(0), "argv[0]");
     }
 }

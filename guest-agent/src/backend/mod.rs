@@ -9,9 +9,11 @@
 
 pub mod child;
 pub mod container_fd;
+pub mod finish_root;
 pub mod kernel;
 pub mod mainline;
 pub mod mount;
+pub mod privileges;
 
 use std::ffi::CString;
 use std::os::fd::OwnedFd;

@@ -70,6 +70,16 @@ pub fn parse_options(opts: &str) -> Options {
                 o.attrs |= sys::MOUNT_ATTR_RELATIME;
                 o.ms_flags |= libc::MS_RELATIME;
             }
+            "strictatime" => {
+                o.attrs |= sys::MOUNT_ATTR_STRICTATIME;
+                o.ms_flags |= libc::MS_STRICTATIME;
+            }
+            "nodiratime" => {
+                o.attrs |= sys::MOUNT_ATTR_NODIRATIME;
+                o.ms_flags |= libc::MS_NODIRATIME;
+            }
+            // The defaults of a new mount; every container mount is private already.
+            "suid" | "dev" | "exec" | "atime" | "diratime" | "private" | "rprivate" => {}
             "rbind" => o.recursive = true,
             "bind" => {}
             other => match other.split_once('=') {
@@ -182,5 +192,32 @@ mod tests {
         assert!(o.recursive);
         assert_eq!(o.data(), "size=10m,mode=755,dax");
         assert_eq!(o.ms_flags & libc::MS_RDONLY, libc::MS_RDONLY);
+    }
+
+    #[test]
+    fn oci_default_mount_options() {
+        let o = parse_options("nosuid,strictatime,mode=755,size=65536k");
+        assert_eq!(
+            o.attrs,
+            sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_STRICTATIME
+        );
+        assert_eq!(o.ms_flags, libc::MS_NOSUID | libc::MS_STRICTATIME);
+        assert_eq!(o.data(), "mode=755,size=65536k");
+        let o = parse_options("nosuid,noexec,newinstance,ptmxmode=0666,mode=0620,gid=5");
+        assert_eq!(o.data(), "newinstance,ptmxmode=0666,mode=0620,gid=5");
+        let o = parse_options("nosuid,noexec,nodev,relatime,ro");
+        assert_eq!(
+            o.ms_flags,
+            libc::MS_NOSUID
+                | libc::MS_NOEXEC
+                | libc::MS_NODEV
+                | libc::MS_RELATIME
+                | libc::MS_RDONLY
+        );
+        assert!(o.data().is_empty());
+        let o = parse_options("rbind,rprivate,rw,suid,dev,exec,nodiratime");
+        assert!(o.recursive);
+        assert_eq!(o.attrs, sys::MOUNT_ATTR_NODIRATIME);
+        assert!(o.data().is_empty());
     }
 }

@@ -233,7 +233,7 @@ impl Agent {
             validate::relative_path("subdir", &r.subdir)?;
         }
         let spec = MountSpec {
-            fstype: r.fstype,
+            fstype: guest_fstype(r.fstype),
             source: r.source,
             options: r.options,
             target: r.target,
@@ -295,6 +295,16 @@ impl Agent {
 /// Sets IFF_UP on "lo" through a socket of the container's network namespace.
 fn loopback_up(sock: &OwnedFd) -> crate::backend::Result<()> {
     sys::interface_up(sock, "lo").map_err(|e| BackendError::new(e, "setting lo up"))
+}
+
+/// The guest's file system type for a Mount's: OCI's "cgroup" is the v2 hierarchy here (the
+/// guest has no v1 controllers).
+fn guest_fstype(fstype: String) -> String {
+    if fstype == "cgroup" {
+        "cgroup2".into()
+    } else {
+        fstype
+    }
 }
 
 /// The file system type of a virtio-fs device, mounted by its tag.

@@ -1,5 +1,5 @@
 //! The service: one method per RPC, split by family as `agent.proto` and `docs/api.md` are —
-//! health ([`health`]), containers ([`containers`]), processes ([`processes`]), sockets
+//! health ([`health`]), containers ([`containers`], [`finish_root`]), processes ([`processes`]), sockets
 //! ([`sockets`]), keys ([`keys`]), network ([`network`]), the container fd operations
 //! ([`admin`]) — over the container and process tables. It validates every
 //! request before the backend sees it and is transport-free, so it is unit-tested with a
@@ -7,6 +7,7 @@
 
 mod admin;
 mod containers;
+mod finish_root;
 mod health;
 mod keys;
 mod network;
@@ -143,6 +144,7 @@ impl Agent {
             SetDevices => set_devices,
             ContainerStats => container_stats,
             SetResources => set_resources,
+            FinishRoot => finish_root,
         }
     }
 

@@ -16,6 +16,7 @@ use tokio::sync::watch;
 use super::{check_signal, Agent};
 use crate::attach::Stdio;
 use crate::backend::child::{self, cstr, decode_failure, PreparedExec};
+use crate::backend::privileges::{Capabilities, Privileges};
 use crate::lock::lock;
 use crate::reaper::ExitStatus;
 use crate::{sys, tty};
@@ -65,6 +66,7 @@ impl Agent {
             .with_field("container"));
         }
         let (candidates, argv, env, cwd) = validate_exec(&r)?;
+        let privileges = validate_privileges(&r)?;
         let null =
             || sys::open_dev_null().map_err(|e| RpcError::from_errno(e, "opening /dev/null"));
         let pipe = || sys::pipe().map_err(|e| RpcError::from_errno(e, "pipe"));
@@ -123,7 +125,8 @@ impl Agent {
             r.tty,
             keyring,
             err_w.as_raw_fd(),
-        );
+        )
+        .with_privileges(privileges);
         let this = self.clone();
         let c2 = c.clone();
         let (pid, exit) = Self::blocking(move || {
@@ -133,28 +136,11 @@ impl Agent {
             drop(child_fds);
             drop(err_w);
             drop(prepared);
-            let mut b = [0u8; 8];
+            let mut b = [0u8; child::FAILURE_LEN];
             let n = sys::read_full_raw(err_r.as_raw_fd(), &mut b)
                 .map_err(|e| RpcError::from_errno(e, "reading the exec status"))?;
-            if n == 8 {
-                let (stage, errno) = decode_failure(&b);
-                let field = stage.map_or("argv[0]", |s| s.field());
-                let what = match stage {
-                    Some(child::Stage::Exec) => "executing the program",
-                    Some(child::Stage::Cwd) => "changing to the working directory",
-                    Some(child::Stage::Uid)
-                    | Some(child::Stage::Gid)
-                    | Some(child::Stage::Groups) => "switching user",
-                    _ => "setting up the process",
-                };
-                return Err(RpcError::from_errno(
-                    errno,
-                    format!(
-                        "{field}: {what}: {}",
-                        std::io::Error::from_raw_os_error(errno)
-                    ),
-                )
-                .with_field(field));
+            if n == b.len() {
+                return Err(exec_failure(&decode_failure(&b)));
             }
             Ok((forked.pid, forked.exit))
         })
@@ -310,6 +296,50 @@ impl Agent {
         out.sort_by_key(|p| p.pid);
         Ok(pb::ListProcessesResponse { processes: out })
     }
+}
+
+/// The RPC error of a failure in the exec child: its errno, the field of its stage, and for
+/// the bounding set the capability that could not be dropped.
+fn exec_failure(f: &child::Failure) -> RpcError {
+    let field = f
+        .stage
+        .map_or_else(|| "argv[0]".to_string(), |s| s.field(f.index));
+    let what = f.stage.map_or("setting up the process", |s| s.doing());
+    let cap = match f.stage {
+        Some(child::Stage::Bounding) => capsule_protocol::process::CAPABILITIES
+            .get(f.index as usize)
+            .map(|name| format!(" (dropping {name})"))
+            .unwrap_or_default(),
+        _ => String::new(),
+    };
+    RpcError::from_errno(
+        f.errno,
+        format!(
+            "{field}: {what}{cap}: {}",
+            std::io::Error::from_raw_os_error(f.errno)
+        ),
+    )
+    .with_field(field)
+}
+
+/// The rlimits, capabilities and no_new_privs of an Exec request, checked.
+pub fn validate_privileges(r: &pb::ExecRequest) -> Result<Privileges, RpcError> {
+    let capabilities = match &r.capabilities {
+        None => None,
+        Some(c) => Some(Capabilities {
+            sets: validate::capabilities("capabilities", c)?,
+            ambient: c
+                .ambient
+                .iter()
+                .filter_map(|n| capsule_protocol::process::capability_number(n))
+                .collect(),
+        }),
+    };
+    Ok(Privileges {
+        rlimits: validate::rlimits("rlimits", &r.rlimits)?,
+        capabilities,
+        no_new_privs: r.no_new_privileges,
+    })
 }
 
 type ExecParts = (Vec<CString>, Vec<CString>, Vec<CString>, CString);

@@ -634,3 +634,144 @@ async fn container_operations_validate_before_the_backend() {
     }
     assert!(!log.iter().any(|l| l.starts_with("cgroup")), "{log:?}");
 }
+
+#[tokio::test]
+async fn exec_privileges_are_checked_before_the_backend() {
+    let (a, _) = agent();
+    call::<m::CreateContainer>(&a, create("c", 0x1))
+        .await
+        .unwrap();
+    let names = |l: &[&str]| l.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let exec = |tweak: &dyn Fn(&mut pb::ExecRequest)| {
+        let mut r = pb::ExecRequest {
+            container: "c".into(),
+            argv: vec!["true".into()],
+            ..Default::default()
+        };
+        tweak(&mut r);
+        r
+    };
+    let e = call::<m::Exec>(
+        &a,
+        exec(&|r| {
+            r.capabilities = Some(pb::Capabilities {
+                effective: names(&["CAP_CHOWN", "CAP_KILL", "CAP_SETUID", "CAP_BOGUS"]),
+                permitted: names(&["CAP_CHOWN", "CAP_KILL", "CAP_SETUID"]),
+                ..Default::default()
+            })
+        }),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(
+        (e.code, e.field.as_str()),
+        (Code::InvalidArgument, "capabilities.effective[3]")
+    );
+    assert!(e.message.contains("CAP_BOGUS"), "{e}");
+    let e = call::<m::Exec>(
+        &a,
+        exec(&|r| {
+            r.rlimits = vec![pb::Rlimit {
+                r#type: "RLIMIT_FILES".into(),
+                soft: 1,
+                hard: 1,
+            }]
+        }),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.field, "rlimits[0].type");
+    // Well-formed privileges reach the backend (which cannot fork).
+    let e = call::<m::Exec>(
+        &a,
+        exec(&|r| {
+            r.rlimits = vec![pb::Rlimit {
+                r#type: "RLIMIT_NOFILE".into(),
+                soft: 64,
+                hard: 64,
+            }];
+            r.capabilities = Some(pb::Capabilities::default());
+            r.no_new_privileges = true;
+        }),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!((e.errno, e.field.as_str()), (libc::EPERM, "container"));
+}
+
+#[tokio::test]
+async fn finish_root_checks_paths_and_the_mount_namespace() {
+    let (a, _) = agent();
+    let finish = |c: &str, masked: &[&str], readonly: &[&str]| pb::FinishRootRequest {
+        container: c.into(),
+        masked_paths: masked.iter().map(|s| s.to_string()).collect(),
+        readonly_paths: readonly.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    };
+    let e = call::<m::FinishRoot>(&a, finish("nope", &[], &[]))
+        .await
+        .unwrap_err();
+    assert_eq!((e.code, e.field.as_str()), (Code::NotFound, "container"));
+    call::<m::CreateContainer>(&a, create("shared", 0))
+        .await
+        .unwrap();
+    call::<m::CreateContainer>(&a, create("own", 0x1))
+        .await
+        .unwrap();
+    for (masked, readonly, field) in [
+        (
+            &["/proc/kcore", "proc/keys"][..],
+            &[][..],
+            "masked_paths[1]",
+        ),
+        (&[][..], &["/proc/../../etc"][..], "readonly_paths[0]"),
+        (&[][..], &["/ok", "/a\0b"][..], "readonly_paths[1]"),
+    ] {
+        let e = call::<m::FinishRoot>(&a, finish("own", masked, readonly))
+            .await
+            .unwrap_err();
+        assert_eq!((e.code, e.field.as_str()), (Code::InvalidArgument, field));
+    }
+    // A container in the guest's own mount namespace would change the guest's mounts.
+    let e = call::<m::FinishRoot>(&a, finish("shared", &["/proc/kcore"], &[]))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code, e.field.as_str()),
+        (Code::FailedPrecondition, "container")
+    );
+    // A valid request reaches the backend (which cannot fork).
+    let e = call::<m::FinishRoot>(&a, finish("own", &["/proc/kcore"], &["/proc/sys"]))
+        .await
+        .unwrap_err();
+    assert_eq!((e.errno, e.field.as_str()), (libc::EPERM, "container"));
+}
+
+#[tokio::test]
+async fn oci_cgroup_mounts_are_cgroup2() {
+    let (a, log) = agent();
+    call::<m::CreateContainer>(&a, create("c", 0x1))
+        .await
+        .unwrap();
+    call::<m::Mount>(
+        &a,
+        pb::MountRequest {
+            container: "c".into(),
+            fstype: "cgroup".into(),
+            source: "cgroup".into(),
+            options: "nosuid,noexec,nodev,relatime,ro".into(),
+            target: "/sys/fs/cgroup".into(),
+            mkdir: false,
+            subdir: String::new(),
+        },
+    )
+    .await
+    .unwrap();
+    assert!(
+        lock(&log)
+            .iter()
+            .any(|l| l == "mount cgroup2 cgroup /sys/fs/cgroup"),
+        "{:?}",
+        lock(&log)
+    );
+}
