@@ -20,6 +20,8 @@ pub struct ExecSpec {
     pub cwd: String,
     pub uid: u32,
     pub gid: u32,
+    /// Supplementary groups (empty: none).
+    pub additional_gids: Vec<u32>,
     /// Run on a terminal of this size (`None`: pipes).
     pub tty: Option<Option<pb::TtySize>>,
     /// Stream stdin (else the process gets /dev/null).
@@ -125,7 +127,7 @@ impl Process {
             cwd: spec.cwd,
             uid: spec.uid,
             gid: spec.gid,
-            additional_gids: Vec::new(),
+            additional_gids: spec.additional_gids,
             tty: spec.tty.is_some(),
             tty_size: spec.tty.flatten(),
             stdin: if spec.stdin {

@@ -183,8 +183,6 @@ pub struct DeviceCgroup {
     pub major: Option<i64>,
     #[serde(default)]
     pub minor: Option<i64>,
-    #[serde(default)]
-    pub access: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize)]
@@ -244,6 +242,35 @@ impl Spec {
         Ok(spec)
     }
 
+    /// Parses and checks an exec's process (the JSON of an OCI `process`).
+    pub fn parse_process(json: &[u8]) -> Result<Process, SpecError> {
+        let parse = |source| SpecError::Parse {
+            path: "the exec's process".into(),
+            source,
+        };
+        let value: Value = serde_json::from_slice(json).map_err(parse)?;
+        check_process(&value)?;
+        serde_json::from_value(value).map_err(parse)
+    }
+
+    /// A spec holding only `linux.resources` (the JSON of a task update), checked.
+    pub fn with_resources(json: &[u8]) -> Result<Spec, SpecError> {
+        let parse = |source| SpecError::Parse {
+            path: "the update's resources".into(),
+            source,
+        };
+        let value: Value = serde_json::from_slice(json).map_err(parse)?;
+        check_resources(&value)?;
+        let resources: Resources = serde_json::from_value(value).map_err(parse)?;
+        Ok(Spec {
+            linux: Some(Linux {
+                resources: Some(resources),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+    }
+
     fn check_values(&self) -> Result<(), SpecError> {
         let linux = self.linux.clone().unwrap_or_default();
         for (i, ns) in linux.namespaces.iter().enumerate() {
@@ -286,6 +313,12 @@ impl Spec {
         Ok(())
     }
 
+    /// The root directory the spec names (relative paths are inside the bundle).
+    pub fn root_dir(&self, bundle: &Path) -> std::path::PathBuf {
+        let path = self.root.as_ref().map_or("rootfs", |r| r.path.as_str());
+        bundle.join(if path.is_empty() { "rootfs" } else { path })
+    }
+
     pub fn process(&self) -> Process {
         self.process.clone().unwrap_or_default()
     }
@@ -323,12 +356,7 @@ fn is_set(v: &Value) -> bool {
 }
 
 /// The fields of an object capsule reads; every other set field is refused.
-fn check_object(
-    v: &Value,
-    path: &str,
-    known: &[&str],
-    why: &'static str,
-) -> Result<(), SpecError> {
+fn check_object(v: &Value, path: &str, known: &[&str], why: &'static str) -> Result<(), SpecError> {
     let Some(obj) = v.as_object() else {
         return Ok(());
     };
@@ -361,30 +389,7 @@ fn check_supported(spec: &Value) -> Result<(), SpecError> {
         ],
         NOT_YET,
     )?;
-    let process = &spec["process"];
-    check_object(
-        process,
-        "process",
-        &[
-            "terminal",
-            "consoleSize",
-            "user",
-            "args",
-            "env",
-            "cwd",
-            "capabilities",
-            "rlimits",
-            "noNewPrivileges",
-            "oomScoreAdj",
-        ],
-        "no such security module or setting in the guest",
-    )?;
-    check_object(
-        &process["user"],
-        "process.user",
-        &["uid", "gid", "additionalGids"],
-        NOT_YET,
-    )?;
+    check_process(&spec["process"])?;
     check_object(&spec["root"], "root", &["path", "readonly"], NOT_YET)?;
     if let Some(mounts) = spec["mounts"].as_array() {
         for (i, m) in mounts.iter().enumerate() {
@@ -409,7 +414,38 @@ fn check_supported(spec: &Value) -> Result<(), SpecError> {
         ],
         NOT_YET,
     )?;
-    let resources = &linux["resources"];
+    check_resources(&linux["resources"])
+}
+
+fn check_process(process: &Value) -> Result<(), SpecError> {
+    const NOT_YET: &str = "not implemented in the guest";
+    check_object(
+        process,
+        "process",
+        &[
+            "terminal",
+            "consoleSize",
+            "user",
+            "args",
+            "env",
+            "cwd",
+            "capabilities",
+            "rlimits",
+            "noNewPrivileges",
+            "oomScoreAdj",
+        ],
+        "no such security module or setting in the guest",
+    )?;
+    check_object(
+        &process["user"],
+        "process.user",
+        &["uid", "gid", "additionalGids"],
+        NOT_YET,
+    )
+}
+
+fn check_resources(resources: &Value) -> Result<(), SpecError> {
+    const NOT_YET: &str = "not implemented in the guest";
     check_object(
         resources,
         "linux.resources",

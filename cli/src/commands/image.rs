@@ -26,6 +26,9 @@ enum FormatArg {
     Ext4,
     /// Read-only erofs (mkfs.erofs from erofs-utils).
     Erofs,
+    /// An OCI image archive of one layer (for `ctr images import`, or any OCI tool); needs
+    /// --ref.
+    OciArchive,
 }
 
 #[derive(Args, Debug)]
@@ -60,6 +63,14 @@ pub struct BuildArgs {
     /// Accept device nodes in the input (refused by default).
     #[arg(long)]
     allow_devices: bool,
+
+    /// With --format oci-archive: the image's name, NAME[:TAG] (e.g. localhost/busybox:1).
+    #[arg(long = "ref", value_name = "NAME[:TAG]", required_if_eq("format", "oci-archive"))]
+    reference: Option<String>,
+
+    /// With --format oci-archive: the image's default command, one argument per --cmd.
+    #[arg(long = "cmd", value_name = "ARG", default_values_t = ["/bin/sh".to_string()])]
+    cmd: Vec<String>,
 }
 
 fn size_arg(s: &str) -> Result<u64, String> {
@@ -79,8 +90,38 @@ fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1024.0 * 1024.0)
 }
 
+/// `--format oci-archive`: stage the tree the way an image build does, then archive it.
+fn build_archive(args: BuildArgs, source: Source, epoch: Option<i64>) -> anyhow::Result<()> {
+    use capsule_images::oci::archive::{self, ImageConfig};
+    let reference = args.reference.context("--format oci-archive needs --ref NAME[:TAG]")?;
+    if args.size.is_some() {
+        anyhow::bail!("--size is for file system images, not --format oci-archive");
+    }
+    let builder = RootfsBuilder::new(source, Format::Ext4)
+        .allow_devices(args.allow_devices)
+        .epoch(epoch);
+    let staging = tempfile::tempdir().context("cannot make a staging directory")?;
+    let (summary, _) = builder
+        .stage(staging.path(), &mut |_| {})
+        .with_context(|| format!("cannot stage {}", args.output.display()))?;
+    let config = ImageConfig {
+        cmd: args.cmd,
+        env: vec![format!("PATH={}", capsule_protocol::DEFAULT_PATH)],
+    };
+    let digest = archive::write(staging.path(), &reference, &config, &args.output)
+        .with_context(|| format!("cannot write {}", args.output.display()))?;
+    eprintln!(
+        "capsule: {} written: image {reference}, {} files, {:.1} MiB of data",
+        args.output.display(),
+        summary.files,
+        mib(summary.bytes)
+    );
+    println!("{digest}  {}", args.output.display());
+    Ok(())
+}
+
 fn build(args: BuildArgs) -> anyhow::Result<()> {
-    let source = match (args.from_dir, args.from_oci) {
+    let source = match (args.from_dir.clone(), args.from_oci.clone()) {
         (Some(dir), None) => Source::Dir(dir),
         (None, Some(oci)) => Source::Oci(oci),
         _ => anyhow::bail!("give exactly one of --from-dir and --from-oci"),
@@ -95,6 +136,7 @@ fn build(args: BuildArgs) -> anyhow::Result<()> {
     let format = match args.format {
         FormatArg::Ext4 => Format::Ext4,
         FormatArg::Erofs => Format::Erofs,
+        FormatArg::OciArchive => return build_archive(args, source, epoch),
     };
     let mut builder = RootfsBuilder::new(source, format)
         .allow_devices(args.allow_devices)

@@ -7,6 +7,7 @@
 //! the manifest, and the uncompressed stream against the config's `diff_ids`. A mismatch is an
 //! error naming the layer. Everything in an image is treated as hostile input.
 
+pub mod archive;
 pub mod digest;
 pub mod layer;
 pub mod store;
