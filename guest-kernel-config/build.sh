@@ -71,10 +71,13 @@ key=$( {
 } | sha256sum | cut -c1-64)
 out=$cache_root/kernel/$key
 
-if [ "$force" = 0 ] && [ -f "$out/vmlinux" ] && [ -f "$out/bzImage" ] && [ -f "$out/config" ]; then
-  if [ "$print_path" = 1 ]; then echo "$out"; else echo "kernel: cache hit: $out" >&2; fi
-  exit 0
-fi
+cache_hit() {
+  if [ "$force" = 0 ] && [ -f "$out/vmlinux" ] && [ -f "$out/bzImage" ] && [ -f "$out/config" ]; then
+    if [ "$print_path" = 1 ]; then echo "$out"; else echo "kernel: cache hit: $out" >&2; fi
+    exit 0
+  fi
+}
+cache_hit
 
 work=$cache_root/kernel-work
 src=$work/src-$version
@@ -84,6 +87,8 @@ exec 9>"$work/lock"
 if ! flock -n 9; then
   echo "build.sh: another kernel build holds $work/lock; waiting" >&2
   flock 9
+  # The build we waited for may have been this one.
+  cache_hit
 fi
 
 begin "dependencies"

@@ -20,6 +20,11 @@ packages=(
   xz-utils file
   # virtiofsd, built from crates.io (scripts/install-virtiofsd.sh)
   libseccomp-dev libcap-ng-dev pkg-config
+  # capsule as containerd's runtime: the shim tests drive Debian's containerd with ctr, pods
+  # through its CRI plugin with CNI's bridge plugin; script(1) gives `ctr run -t` a terminal
+  containerd containernetworking-plugins bsdutils
+  # the CRI test's gRPC client (the k8s-cri crate) compiles the CRI protos with protoc
+  protobuf-compiler
 )
 
 missing=()

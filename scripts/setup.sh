@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sets capsule up on a fresh Debian 12 machine and runs the main job on built-in defaults:
 #   1. Debian packages (QEMU, kernel source, busybox, e2fsprogs, ...)
-#   2. the capsule binary, installed as /usr/local/bin/capsule
+#   2. the capsule binary, installed as /usr/local/bin/capsule, and containerd's shim next to it
+#      (/usr/local/bin/containerd-shim-capsule-v2, runtime io.containerd.capsule.v2)
 #   3. the default guest: container-object kernel (cached in ~/.cache/capsule), agent, initramfs
 #   4. virtiofsd (crates.io, pinned, cached in ~/.cache/capsule/virtiofsd) for host directories
 #   5. capsule create demo && capsule exec demo -- uname -a
@@ -20,9 +21,12 @@ say "Debian packages"
 
 say "capsule binary"
 capsule_bin=$(./scripts/build-capsule.sh)
-install -m 0755 "$capsule_bin" /usr/local/bin/capsule.new
-mv /usr/local/bin/capsule.new /usr/local/bin/capsule
-echo "installed /usr/local/bin/capsule"
+for bin in "$capsule_bin" "$(dirname "$capsule_bin")/containerd-shim-capsule-v2"; do
+  name=$(basename "$bin")
+  install -m 0755 "$bin" "/usr/local/bin/$name.new"
+  mv "/usr/local/bin/$name.new" "/usr/local/bin/$name"
+  echo "installed /usr/local/bin/$name"
+done
 
 say "default guest (the first kernel build takes several minutes)"
 ./scripts/build-guest.sh

@@ -195,14 +195,11 @@ pub fn is_directory(fd: &OwnedFd) -> bool {
     }
 }
 
-/// A detached recursive copy of the directory `path` below the mount `dirfd` (open_tree(2)
-/// with OPEN_TREE_CLONE | AT_RECURSIVE); `path` is relative to `dirfd`.
-pub fn open_tree_clone_at(dirfd: &OwnedFd, path: &CStr) -> Result<OwnedFd, Errno> {
-    let flags = OPEN_TREE_CLONE | libc::O_CLOEXEC as u32 | AT_RECURSIVE;
-    // SAFETY: a valid fd and NUL-terminated path.
-    let r = unsafe { libc::syscall(libc::SYS_open_tree, dirfd.as_raw_fd(), path.as_ptr(), flags) };
-    // SAFETY: a new fd on success.
-    check(r).map(|fd| unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+/// umount2(2) with MNT_DETACH.
+pub fn umount_detach(target: &CStr) -> Result<(), Errno> {
+    // SAFETY: a valid NUL-terminated path.
+    let r = unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
+    check(r as libc::c_long).map(drop)
 }
 
 /// move_mount(2) of a detached mount fd onto `target`. Fork-safe.

@@ -67,6 +67,61 @@ fn mount(
     Ok(())
 }
 
+/// The mount(2) flags among containerd's mount options, and the rest as file system data.
+fn mount_options(options: &[String]) -> (libc::c_ulong, String) {
+    let mut flags = 0;
+    let mut data = Vec::new();
+    for o in options {
+        match o.as_str() {
+            "ro" => flags |= libc::MS_RDONLY,
+            "rw" => flags &= !libc::MS_RDONLY,
+            "nosuid" => flags |= libc::MS_NOSUID,
+            "nodev" => flags |= libc::MS_NODEV,
+            "noexec" => flags |= libc::MS_NOEXEC,
+            "noatime" => flags |= libc::MS_NOATIME,
+            "relatime" => flags |= libc::MS_RELATIME,
+            "bind" => flags |= libc::MS_BIND,
+            "rbind" => flags |= libc::MS_BIND | libc::MS_REC,
+            other => data.push(other),
+        }
+    }
+    (flags, data.join(","))
+}
+
+/// mount(2) with file system data (overlay's lowerdir=..., upperdir=..., workdir=...).
+fn mount_data(
+    source: &Path,
+    target: &Path,
+    fstype: Option<&str>,
+    flags: libc::c_ulong,
+    data: &str,
+) -> std::io::Result<()> {
+    const PAGE: usize = 4096;
+    if data.len() >= PAGE {
+        return Err(std::io::Error::other(format!(
+            "mount options of {} bytes exceed the kernel's page",
+            data.len()
+        )));
+    }
+    let (src, dst) = (cpath(source), cpath(target));
+    let fstype = fstype.map(|t| CString::new(t).unwrap_or_default());
+    let data = CString::new(data).unwrap_or_default();
+    // SAFETY: NUL-terminated strings that outlive the call.
+    let r = unsafe {
+        libc::mount(
+            src.as_ptr(),
+            dst.as_ptr(),
+            fstype.as_ref().map_or(std::ptr::null(), |t| t.as_ptr()),
+            flags,
+            data.as_ptr().cast(),
+        )
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// The mount points at or below `dir`, deepest first, from /proc/self/mountinfo.
 pub fn mounts_below(dir: &Path) -> Vec<PathBuf> {
     let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
@@ -213,17 +268,31 @@ impl ContainerFiles {
             );
         }
         for m in mounts {
-            containerd_shim::mount::mount_rootfs(
-                Some(m.type_.as_str()),
-                Some(m.source.as_str()),
-                &m.options,
+            let (flags, data) = mount_options(&m.options);
+            let bind = m.type_ == "bind" || flags & libc::MS_BIND != 0;
+            let fstype = (!bind).then_some(m.type_.as_str());
+            mount_data(
+                Path::new(&m.source),
                 &target,
+                fstype,
+                flags | if bind { libc::MS_BIND } else { 0 },
+                &data,
             )
             .map_err(|e| MountError::Snapshot {
                 kind: m.type_.clone(),
                 target: target.clone(),
                 message: e.to_string(),
             })?;
+            if bind && flags & libc::MS_RDONLY != 0 {
+                let remount = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY;
+                mount(
+                    Path::new("none"),
+                    &target,
+                    None,
+                    remount,
+                    "read-only snapshot",
+                )?;
+            }
         }
         Ok(())
     }
@@ -297,6 +366,20 @@ mod tests {
         assert_eq!(unescape(r"/x\134y"), r"/x\y");
         assert_eq!(unescape("/plain"), "/plain");
         assert_eq!(unescape(r"/end\04"), r"/end\04");
+    }
+
+    #[test]
+    fn snapshot_options() {
+        let opts = |o: &[&str]| mount_options(&o.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        let (flags, data) = opts(&["index=off", "lowerdir=/a:/b", "upperdir=/u", "workdir=/w"]);
+        assert_eq!(
+            (flags, data.as_str()),
+            (0, "index=off,lowerdir=/a:/b,upperdir=/u,workdir=/w")
+        );
+        assert_eq!(
+            opts(&["rbind", "ro"]).0,
+            libc::MS_BIND | libc::MS_REC | libc::MS_RDONLY
+        );
     }
 
     #[test]

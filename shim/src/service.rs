@@ -284,14 +284,14 @@ impl Service {
     fn create_vm(
         &self,
         id: &str,
+        record: &Record,
         spec: &oci::Spec,
         req: &api::CreateTaskRequest,
     ) -> Result<(Pod, ContainerFiles), ttrpc::Error> {
-        let vm_name = names::vm_name(&self.namespace, id);
-        let container = vm_name.clone();
-        let dir = PodDir::create(&pods_root().join(&vm_name))
-            .map_err(|e| rpc_error("pod directory", &e))?;
-        let files = ContainerFiles::new(&dir, &names::container_name(id));
+        let vm_name = record.vm.clone();
+        let container = record.container.clone();
+        let dir = PodDir::create(&record.pod_dir).map_err(|e| rpc_error("pod directory", &e))?;
+        let files = ContainerFiles::new(&dir, &record.files);
         let fail = |e: ttrpc::Error, files: &ContainerFiles, dir: &PodDir| {
             let _ = files.remove();
             let _ = dir.remove();
@@ -365,12 +365,12 @@ impl Service {
     /// Adds `id` to the running pod VM as a further container object.
     fn add_to_pod(
         pod: &Pod,
-        id: &str,
+        record: &Record,
         spec: &oci::Spec,
         req: &api::CreateTaskRequest,
-    ) -> Result<(String, ContainerFiles), ttrpc::Error> {
-        let name = names::container_name(id);
-        let files = ContainerFiles::new(&pod.dir, &name);
+    ) -> Result<ContainerFiles, ttrpc::Error> {
+        let name = record.container.clone();
+        let files = ContainerFiles::new(&pod.dir, &record.files);
         files
             .mount_rootfs(&req.rootfs, &spec.root_dir(Path::new(&req.bundle)))
             .map_err(|e| rpc_error("root file system", &e))?;
@@ -398,7 +398,7 @@ impl Service {
             let _ = files.remove();
             return Err(e);
         }
-        Ok((name, files))
+        Ok(files)
     }
 
     /// Starts a created process and the thread that reports its exit.
@@ -522,7 +522,8 @@ impl containerd_shim::Task for Service {
         if state.tasks.contains_key(&id) {
             return Err(error(Code::ALREADY_EXISTS, format!("task {id} exists")));
         }
-        let (container, files, owns_vm) = match Placement::of(&spec) {
+        // Written first, so that a shim that dies half-way still gets cleaned up after.
+        let record = match Placement::of(&spec) {
             Placement::NewVm => {
                 if state.pod.is_some() {
                     return Err(error(
@@ -530,10 +531,14 @@ impl containerd_shim::Task for Service {
                         format!("this shim's VM already runs; {id} carries no {CRI_SANDBOX_ID}"),
                     ));
                 }
-                let (pod, files) = self.create_vm(&id, &spec, &req)?;
-                let name = pod.owner_container.clone();
-                state.pod = Some(pod);
-                (name, files, true)
+                let vm = names::vm_name(&self.namespace, &id);
+                Record {
+                    pod_dir: pods_root().join(&vm),
+                    container: vm.clone(),
+                    vm,
+                    files: names::container_name(&id),
+                    owns_vm: true,
+                }
             }
             Placement::Pod { sandbox } => {
                 let pod = state
@@ -546,21 +551,30 @@ impl containerd_shim::Task for Service {
                             format!("sandbox {sandbox} of {id} does not run in this shim"),
                         )
                     })?;
-                let (name, files) = Self::add_to_pod(pod, &id, &spec, &req)?;
-                (name, files, false)
+                Record {
+                    vm: pod.vm.name().to_string(),
+                    container: names::container_name(&id),
+                    files: names::container_name(&id),
+                    pod_dir: pod.dir.path().to_path_buf(),
+                    owns_vm: false,
+                }
             }
         };
-        let pod = state.pod.as_ref().ok_or_else(|| not_found(&id))?;
-        let record = Record {
-            vm: pod.vm.name().to_string(),
-            container: container.clone(),
-            files: names::container_name(&id),
-            pod_dir: pod.dir.path().to_path_buf(),
-            owns_vm,
+        record.write(Path::new(&req.bundle)).map_err(|e| {
+            error(
+                Code::INTERNAL,
+                format!("cannot write {}/capsule-shim.json: {e}", req.bundle),
+            )
+        })?;
+        let (container, files) = if record.owns_vm {
+            let (pod, files) = self.create_vm(&id, &record, &spec, &req)?;
+            state.pod = Some(pod);
+            (record.container.clone(), files)
+        } else {
+            let pod = state.pod.as_ref().ok_or_else(|| not_found(&id))?;
+            let files = Self::add_to_pod(pod, &record, &spec, &req)?;
+            (record.container.clone(), files)
         };
-        if let Err(e) = record.write(Path::new(&req.bundle)) {
-            warn!("{id}: cannot write the bundle's record: {e}");
-        }
         state.tasks.insert(
             id.clone(),
             Task {

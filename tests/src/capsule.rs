@@ -78,7 +78,15 @@ fn locate_capsule() -> Result<PathBuf, String> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(&cargo);
     cmd.current_dir(workspace)
-        .args(["build", "--quiet", "-p", "capsule-cli", "--bin", "capsule"])
+        // The containerd shim is built with it, next to it (it runs `capsule` from there).
+        .args([
+            "build",
+            "--quiet",
+            "-p",
+            "capsule-cli",
+            "-p",
+            "capsule-shim",
+        ])
         .arg("--profile")
         .arg(profile)
         .arg("--target-dir")
@@ -458,4 +466,22 @@ mod tests {
         ];
         assert_eq!(args, expected.map(OsString::from));
     }
+}
+
+/// Pids of the processes (other than this one) whose command line contains `needle`.
+pub fn processes_mentioning(needle: &str) -> Vec<u32> {
+    let me = std::process::id();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| *pid != me)
+        .filter(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            text.contains(needle)
+        })
+        .collect()
 }

@@ -95,9 +95,9 @@ fn shell_quote(s: &str) -> String {
 }
 
 /// Modules of the L1 kernel that VM networks use: TAPs, bridges, veths, nftables NAT and fib,
-/// tc redirects (`--netns`).
+/// tc redirects (`--netns`); and overlayfs, containerd's snapshots for the shim tests.
 const L1_NETWORK_MODULES: &str = "tun bridge veth nf_tables nf_nat nft_nat nft_chain_nat nft_masq \
-     nft_fib_ipv4 sch_ingress cls_u32 act_mirred";
+     nft_fib_ipv4 sch_ingress cls_u32 act_mirred overlay";
 
 /// The script the L1 runs: load KVM, then `command` (a shell command line) in the current
 /// directory, with stdout and stderr on the console.

@@ -6,6 +6,7 @@
 
 pub mod capsule;
 pub mod cli;
+pub mod containerd;
 pub mod guests;
 pub mod l1;
 pub mod qemu;

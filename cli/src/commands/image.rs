@@ -65,7 +65,11 @@ pub struct BuildArgs {
     allow_devices: bool,
 
     /// With --format oci-archive: the image's name, NAME[:TAG] (e.g. localhost/busybox:1).
-    #[arg(long = "ref", value_name = "NAME[:TAG]", required_if_eq("format", "oci-archive"))]
+    #[arg(
+        long = "ref",
+        value_name = "NAME[:TAG]",
+        required_if_eq("format", "oci-archive")
+    )]
     reference: Option<String>,
 
     /// With --format oci-archive: the image's default command, one argument per --cmd.
@@ -93,7 +97,9 @@ fn mib(bytes: u64) -> f64 {
 /// `--format oci-archive`: stage the tree the way an image build does, then archive it.
 fn build_archive(args: BuildArgs, source: Source, epoch: Option<i64>) -> anyhow::Result<()> {
     use capsule_images::oci::archive::{self, ImageConfig};
-    let reference = args.reference.context("--format oci-archive needs --ref NAME[:TAG]")?;
+    let reference = args
+        .reference
+        .context("--format oci-archive needs --ref NAME[:TAG]")?;
     if args.size.is_some() {
         anyhow::bail!("--size is for file system images, not --format oci-archive");
     }

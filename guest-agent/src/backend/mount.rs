@@ -3,6 +3,7 @@
 
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::{BackendError, MountSpec, Result};
 use crate::sys;
@@ -139,12 +140,33 @@ pub fn detached_mount(spec: &MountSpec, extra: &dyn Fn(&OwnedFd) -> Result<()>) 
     if spec.subdir.is_empty() {
         return Ok(mnt);
     }
-    let subdir = CString::new(spec.subdir.as_str())
-        .map_err(|_| BackendError::new(libc::EINVAL, "subdir").field("subdir"))?;
-    sys::open_tree_clone_at(&mnt, &subdir).map_err(|e| {
-        BackendError::new(e, format!("directory {} of {}", spec.subdir, spec.source))
-            .field("subdir")
-    })
+    subdir_of(mnt, spec)
+}
+
+/// A detached copy of `spec.subdir` of the fresh mount `mnt`. Linux 6.12 cannot clone part of
+/// a detached mount, so the mount is attached for a moment in the agent's own namespace.
+fn subdir_of(mnt: OwnedFd, spec: &MountSpec) -> Result<OwnedFd> {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let staging = format!(
+        "/run/capsule-subdir-{}",
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    );
+    let fail = |e: i32, what: &str| BackendError::new(e, what.to_string()).field("subdir");
+    std::fs::create_dir_all(&staging)
+        .map_err(|e| fail(e.raw_os_error().unwrap_or(libc::EIO), "staging directory"))?;
+    let staging_c = CString::new(staging.as_str()).unwrap_or_default();
+    let result = sys::move_mount_fd(mnt.as_raw_fd(), &staging_c)
+        .map_err(|e| fail(e, "attaching the file system"))
+        .and_then(|()| {
+            let path = CString::new(format!("{staging}/{}", spec.subdir))
+                .map_err(|_| fail(libc::EINVAL, "subdir"))?;
+            let clone = sys::open_tree_clone(&path, true)
+                .map_err(|e| fail(e, &format!("directory {} of {}", spec.subdir, spec.source)));
+            let _ = sys::umount_detach(&staging_c);
+            clone
+        });
+    let _ = std::fs::remove_dir(&staging);
+    result
 }
 
 fn set_attrs(fd: &OwnedFd, attrs: u32) -> Result<()> {
