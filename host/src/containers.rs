@@ -10,8 +10,8 @@
 //! A VM's first container has the VM's name; every call here names its container.
 
 use capsule_protocol::methods::{
-    CreateContainer, FinishRoot, ListContainers, RebootContainer, SetCgroup, SetDevices, SetNamespaces,
-    SetPolicy, SetRoot,
+    CreateContainer, FinishRoot, ListContainers, RebootContainer, SetCgroup, SetDevices,
+    SetNamespaces, SetPolicy, SetRoot,
 };
 use capsule_protocol::{pb, ClientError, Method};
 
