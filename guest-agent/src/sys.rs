@@ -176,7 +176,7 @@ pub fn fsmount(fd: RawFd, attrs: u32) -> Result<OwnedFd, Errno> {
     check(r).map(|fd| unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
-/// open_tree(2) with OPEN_TREE_CLONE (a detached copy of the tree at `path`).
+/// open_tree(2) with OPEN_TREE_CLONE (a detached copy of the tree at `path`). Fork-safe.
 pub fn open_tree_clone(path: &CStr, recursive: bool) -> Result<OwnedFd, Errno> {
     let flags = OPEN_TREE_CLONE | libc::O_CLOEXEC as u32 | if recursive { AT_RECURSIVE } else { 0 };
     // SAFETY: valid NUL-terminated path.

@@ -336,7 +336,7 @@ fn finish_root(backend: Backend) -> Result<(), String> {
         (
             "tmpfs",
             "/dev/shm",
-            &["nosuid", "nodev", "noexec", "mode=1777"][..],
+            &["nosuid", "nodev", "noexec", "size=65536k"][..],
         ),
         ("mqueue", "/dev/mqueue", &["nosuid", "nodev", "noexec"][..]),
         ("sysfs", "/sys", &["ro", "nosuid", "nodev", "noexec"][..]),
