@@ -176,7 +176,7 @@ pub fn fsmount(fd: RawFd, attrs: u32) -> Result<OwnedFd, Errno> {
     check(r).map(|fd| unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
-/// open_tree(2) with OPEN_TREE_CLONE (a detached copy of the tree at `path`).
+/// open_tree(2) with OPEN_TREE_CLONE (a detached copy of the tree at `path`). Fork-safe.
 pub fn open_tree_clone(path: &CStr, recursive: bool) -> Result<OwnedFd, Errno> {
     let flags = OPEN_TREE_CLONE | libc::O_CLOEXEC as u32 | if recursive { AT_RECURSIVE } else { 0 };
     // SAFETY: valid NUL-terminated path.
@@ -747,13 +747,22 @@ pub fn open_in_root(root: RawFd, path: &CStr) -> Result<OwnedFd, Errno> {
     check(r).map(|fd| unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
-/// fstat(2): (st_mode, st_rdev). Fork-safe.
-pub fn fstat(fd: RawFd) -> Result<(u32, u64), Errno> {
+/// fstat(2): (st_mode, st_rdev, st_dev). Fork-safe.
+pub fn fstat(fd: RawFd) -> Result<(u32, u64, u64), Errno> {
     // SAFETY: stat is plain old data, filled by the kernel.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     // SAFETY: a valid pointer to a stat we own.
     check(unsafe { libc::fstat(fd, &mut st) } as libc::c_long)?;
-    Ok((st.st_mode, st.st_rdev))
+    Ok((st.st_mode, st.st_rdev, st.st_dev))
+}
+
+/// stat(2) `st_dev`: the device of the file system holding `path`.
+pub fn stat_dev(path: &CStr) -> Result<u64, Errno> {
+    // SAFETY: stat is plain old data, filled by the kernel.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: a NUL-terminated path and a stat we own.
+    check(unsafe { libc::stat(path.as_ptr(), &mut st) } as libc::c_long)?;
+    Ok(st.st_dev)
 }
 
 /// The file system magic of the file behind `fd` (fstatfs(2) `f_type`). Fork-safe.

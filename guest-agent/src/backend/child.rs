@@ -3,7 +3,7 @@
 //! fork: no allocation, no locks, no logging. Everything here follows that rule.
 
 use std::ffi::{CStr, CString};
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, RawFd};
 
 use super::privileges::Privileges;
 use crate::sys;
@@ -386,6 +386,8 @@ pub struct MemberMount {
     fstype: CString,
     data: CString,
     flags: libc::c_ulong,
+    /// The same flags as MOUNT_ATTR_* bits.
+    attrs: u32,
 }
 
 impl MemberMount {
@@ -402,6 +404,7 @@ impl MemberMount {
             fstype: cstr(&spec.fstype),
             data: cstr(&opts.data()),
             flags: opts.ms_flags,
+            attrs: opts.attrs,
         }
     }
 
@@ -411,6 +414,16 @@ impl MemberMount {
         if let Err(e) = mkdir_all(&self.dirs) {
             return e;
         }
+        match self.mount() {
+            // The same superblock already mounted right there (sysfs of the container's network
+            // namespace on /sys, cgroup2 of its cgroup root on /sys/fs/cgroup) is refused by
+            // mount(2); a bind of it with the asked flags on top is what the mount would give.
+            Err(libc::EBUSY) => self.bind_over_itself().err().unwrap_or(0),
+            r => r.err().unwrap_or(0),
+        }
+    }
+
+    fn mount(&self) -> Result<(), i32> {
         // SAFETY: NUL-terminated strings prepared before the fork.
         let r = unsafe {
             libc::mount(
@@ -422,10 +435,18 @@ impl MemberMount {
             )
         };
         if r < 0 {
-            sys::last_errno()
+            Err(sys::last_errno())
         } else {
-            0
+            Ok(())
         }
+    }
+
+    fn bind_over_itself(&self) -> Result<(), i32> {
+        let tree = sys::open_tree_clone(&self.target, false)?;
+        if self.attrs != 0 {
+            sys::mount_setattr(tree.as_raw_fd(), self.attrs, false)?;
+        }
+        sys::move_mount_fd(tree.as_raw_fd(), &self.target)
     }
 }
 

@@ -16,6 +16,9 @@ use crate::sys::{self, Errno};
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FinishRoot {
     pub default_devices: bool,
+    /// The device number of the guest's own `/dev` (its devtmpfs, a tmpfs too): a container
+    /// `/dev` on it is the guest's, not one of the container's own.
+    pub guest_dev: Option<u64>,
     pub readonly_paths: Vec<CString>,
     pub masked_paths: Vec<CString>,
     pub readonly_root: bool,
@@ -27,7 +30,7 @@ pub struct FinishRoot {
 pub enum Step {
     /// Opening `/dev`.
     Dev = 1,
-    /// `/dev` is not a tmpfs.
+    /// `/dev` is not a tmpfs of the container's own.
     DevNotTmpfs = 2,
     /// Creating the device or link [`DEVICES`]/[`LINKS`] entry `index`.
     Device = 3,
@@ -126,6 +129,7 @@ impl FinishRoot {
     ) -> Self {
         FinishRoot {
             default_devices,
+            guest_dev: sys::stat_dev(c"/dev").ok(),
             readonly_paths: readonly_paths.iter().map(|p| cstr(p)).collect(),
             masked_paths: masked_paths.iter().map(|p| cstr(p)).collect(),
             readonly_root,
@@ -144,7 +148,7 @@ impl FinishRoot {
         let root = sys::open_root().map_err(fail(Step::Dev, 0))?;
         let root = root.as_raw_fd();
         if self.default_devices {
-            default_devices(root)?;
+            default_devices(root, self.guest_dev)?;
         }
         for (i, path) in self.readonly_paths.iter().enumerate() {
             let Some(fd) = open_existing(root, path).map_err(fail(Step::Readonly, i))? else {
@@ -160,7 +164,7 @@ impl FinishRoot {
             let Some(fd) = open_existing(root, path).map_err(fail(Step::Masked, i))? else {
                 continue;
             };
-            let (mode, _) = sys::fstat(fd.as_raw_fd()).map_err(fail(Step::Masked, i))?;
+            let (mode, _, _) = sys::fstat(fd.as_raw_fd()).map_err(fail(Step::Masked, i))?;
             let cover = if mode & libc::S_IFMT == libc::S_IFDIR {
                 empty_tmpfs().map_err(fail(Step::Masked, i))?
             } else {
@@ -240,7 +244,7 @@ fn open_existing(root: RawFd, path: &CStr) -> Result<Option<OwnedFd>, Errno> {
 }
 
 /// The default device nodes and links in the tmpfs at `/dev`; existing entries stay.
-fn default_devices(root: RawFd) -> Result<(), Failure> {
+fn default_devices(root: RawFd, guest_dev: Option<u64>) -> Result<(), Failure> {
     let fail = |step, index: usize| {
         move |errno| Failure {
             step,
@@ -250,7 +254,8 @@ fn default_devices(root: RawFd) -> Result<(), Failure> {
     };
     let dev = sys::open_in_root(root, c"/dev").map_err(fail(Step::Dev, 0))?;
     let dev = dev.as_raw_fd();
-    if sys::fs_magic(dev).map_err(fail(Step::Dev, 0))? != TMPFS_MAGIC {
+    let (_, _, st_dev) = sys::fstat(dev).map_err(fail(Step::Dev, 0))?;
+    if sys::fs_magic(dev).map_err(fail(Step::Dev, 0))? != TMPFS_MAGIC || Some(st_dev) == guest_dev {
         return Err(fail(Step::DevNotTmpfs, 0)(libc::ENOTDIR));
     }
     let exists_ok = |r: Result<(), Errno>| match r {
@@ -282,7 +287,7 @@ fn empty_tmpfs() -> Result<OwnedFd, Errno> {
 /// A detached bind of the container's `/dev/null`, which must be the null device (1:3).
 fn dev_null(root: RawFd) -> Result<OwnedFd, Errno> {
     let null = sys::open_in_root(root, c"/dev/null")?;
-    let (mode, rdev) = sys::fstat(null.as_raw_fd())?;
+    let (mode, rdev, _) = sys::fstat(null.as_raw_fd())?;
     if mode & libc::S_IFMT != libc::S_IFCHR || rdev != libc::makedev(1, 3) {
         return Err(libc::ENODEV);
     }
