@@ -128,6 +128,13 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
             )),
         };
         log::info!("backend: {}", backend.name());
+        // Containers' cgroups are children of the agent's: give them their counters and limits.
+        if let Some(own) = backend::mainline::default_cgroup_parent()
+            .as_deref()
+            .and_then(std::path::Path::parent)
+        {
+            service::enable_controllers(own);
+        }
         let agent = service::Agent::new(backend, reaper, opts.transport);
         let grace = server::serve(agent.clone()).await?;
         log::info!("shutting down (grace {grace} s)");

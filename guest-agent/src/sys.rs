@@ -420,6 +420,32 @@ pub fn openpty() -> Result<(OwnedFd, OwnedFd), Errno> {
     Ok((master, slave))
 }
 
+/// openat(2) of `path` relative to `dir` (close-on-exec).
+pub fn openat(dir: &OwnedFd, path: &CStr, flags: i32) -> Result<OwnedFd, Errno> {
+    // SAFETY: a valid fd and NUL-terminated path.
+    let fd = unsafe { libc::openat(dir.as_raw_fd(), path.as_ptr(), flags | libc::O_CLOEXEC) };
+    check(fd as libc::c_long)?;
+    // SAFETY: a new fd we now own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// The slave of the pseudo-terminal master `master` (unlocked, TIOCGPTPEER: no path lookup,
+/// so it works for a devpts instance the agent has not mounted).
+pub fn pty_peer(master: &OwnedFd) -> Result<OwnedFd, Errno> {
+    let unlock: libc::c_int = 0;
+    // SAFETY: TIOCSPTLCK with a pointer to a live int, TIOCGPTPEER with flags, on our fd.
+    unsafe {
+        check(libc::ioctl(master.as_raw_fd(), libc::TIOCSPTLCK, &unlock) as libc::c_long)?;
+        let fd = libc::ioctl(
+            master.as_raw_fd(),
+            libc::TIOCGPTPEER,
+            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+        );
+        check(fd as libc::c_long)?;
+        Ok(OwnedFd::from_raw_fd(fd))
+    }
+}
+
 /// TIOCSWINSZ on a terminal.
 pub fn set_winsize(fd: RawFd, rows: u16, cols: u16) -> Result<(), Errno> {
     let ws = libc::winsize {

@@ -10,10 +10,20 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::sys;
 use crate::transport::BoxStream;
 
-/// A new pseudo-terminal, (master, slave), both close-on-exec, of `size` when given.
-pub fn open_pty(size: Option<&pb::TtySize>) -> Result<(OwnedFd, OwnedFd), RpcError> {
-    let (master, slave) =
-        sys::openpty().map_err(|e| RpcError::from_errno(e, "openpty").with_field("tty"))?;
+/// A new pseudo-terminal, (master, slave), both close-on-exec, of `size` when given: on the
+/// container's own devpts master `ptmx` when it has one, else the guest's.
+pub fn open_pty(
+    ptmx: Option<OwnedFd>,
+    size: Option<&pb::TtySize>,
+) -> Result<(OwnedFd, OwnedFd), RpcError> {
+    let (master, slave) = match ptmx {
+        Some(master) => {
+            let slave = sys::pty_peer(&master)
+                .map_err(|e| RpcError::from_errno(e, "TIOCGPTPEER").with_field("tty"))?;
+            (master, slave)
+        }
+        None => sys::openpty().map_err(|e| RpcError::from_errno(e, "openpty").with_field("tty"))?,
+    };
     if let Some(s) = size {
         set_winsize(master.as_raw_fd(), s)?;
     }

@@ -5,17 +5,21 @@
 
 use capsule_protocol::container::{name_problem, MAX_NAME_LEN};
 
+/// Longest VM name the shim makes: the VM's sockets live in `<state>/<name>/`, and a Unix
+/// socket path has at most 107 bytes.
+const MAX_VM_NAME: usize = 40;
+
 /// The VM of a pod (or of a lone container) whose first container is `id`.
 pub fn vm_name(namespace: &str, id: &str) -> String {
-    fit(&format!("{namespace}.{id}"))
+    fit(&format!("{namespace}.{id}"), MAX_VM_NAME)
 }
 
 /// The container object of `id` inside its VM.
 pub fn container_name(id: &str) -> String {
-    fit(id)
+    fit(id, MAX_NAME_LEN)
 }
 
-fn fit(raw: &str) -> String {
+fn fit(raw: &str, max: usize) -> String {
     let mut clean: String = raw
         .chars()
         .map(|c| {
@@ -26,11 +30,11 @@ fn fit(raw: &str) -> String {
             }
         })
         .collect();
-    if name_problem(raw).is_none() {
+    if name_problem(raw).is_none() && raw.len() <= max {
         return clean;
     }
     let hash = format!("{:016x}", fnv1a(raw.as_bytes()));
-    clean.truncate(MAX_NAME_LEN - hash.len() - 2);
+    clean.truncate(max - hash.len() - 2);
     format!("c{clean}-{hash}")
 }
 
@@ -62,6 +66,7 @@ mod tests {
         ] {
             assert_eq!(name_problem(&name), None, "{name}");
         }
+        assert!(vm_name("k8s.io", cri).len() <= MAX_VM_NAME);
         assert_ne!(container_name(cri), container_name(&cri.replace('4', "5")));
         assert_eq!(container_name(cri), container_name(cri));
     }

@@ -5,6 +5,7 @@
 //! recursively: only the mount points this module made, once nothing is mounted on them.
 
 use std::ffi::CString;
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
@@ -119,6 +120,70 @@ fn mount_data(
     if r < 0 {
         return Err(std::io::Error::last_os_error());
     }
+    Ok(())
+}
+
+/// A recursive read-only bind of `source` on `target`, read-only from the moment it is
+/// attached (open_tree, mount_setattr, move_mount).
+fn bind_read_only(source: &Path, target: &Path) -> std::io::Result<()> {
+    const OPEN_TREE_CLONE: libc::c_uint = 1;
+    const AT_RECURSIVE: libc::c_uint = 0x8000;
+    const MOUNT_ATTR_RDONLY: u64 = 1;
+    const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 4;
+    #[repr(C)]
+    struct MountAttr {
+        attr_set: u64,
+        attr_clr: u64,
+        propagation: u64,
+        userns_fd: u64,
+    }
+    let (src, dst) = (cpath(source), cpath(target));
+    let check = |r: libc::c_long| {
+        if r < 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(r)
+        }
+    };
+    // SAFETY: open_tree with a NUL-terminated path; the result is a new fd we own.
+    let fd = check(unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            libc::AT_FDCWD,
+            src.as_ptr(),
+            OPEN_TREE_CLONE | AT_RECURSIVE | libc::O_CLOEXEC as libc::c_uint,
+        )
+    })?;
+    // SAFETY: fd is the open_tree result, owned from here on.
+    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) };
+    let attr = MountAttr {
+        attr_set: MOUNT_ATTR_RDONLY,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    // SAFETY: mount_setattr on our fd with an empty path and a live, correctly sized struct.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH as libc::c_uint | AT_RECURSIVE,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    })?;
+    // SAFETY: move_mount of our detached mount onto a NUL-terminated target path.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_FDCWD,
+            dst.as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH,
+        )
+    })?;
     Ok(())
 }
 
@@ -317,12 +382,16 @@ impl ContainerFiles {
         };
         made.map_err(|e| MountError::Create(target.clone(), e))?;
         let what = source.display().to_string();
-        mount(source, &target, None, libc::MS_BIND | libc::MS_REC, &what)?;
-        if read_only {
-            let flags = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY;
-            mount(Path::new("none"), &target, None, flags, &what)?;
+        if !read_only {
+            return mount(source, &target, None, libc::MS_BIND | libc::MS_REC, &what);
         }
-        Ok(())
+        // Made read-only before it is attached: the copy that propagates to virtiofsd's
+        // namespace must be read-only too (a later remount would not reach it).
+        bind_read_only(source, &target).map_err(|e| MountError::Mount {
+            what,
+            target: target.clone(),
+            source: e,
+        })
     }
 
     /// Unmounts the container's root and binds and removes their mount points.

@@ -258,7 +258,7 @@ fn set_up_container(
                     container: name.to_string(),
                     fstype: "virtiofs".into(),
                     source: share::tag(0, true),
-                    options: String::new(),
+                    options: if read_only { "ro" } else { "" }.into(),
                     target,
                     mkdir: true,
                     subdir: files.bind_rel(index),
@@ -444,6 +444,14 @@ impl Service {
                     137
                 }
             };
+            if exec_id.is_empty() {
+                // The task ends with its process, as a container ends with its pid 1: what is
+                // left of it (and holds its output open) goes too.
+                let _ = client.call::<KillContainer>(&pb::KillContainerRequest {
+                    container: cname.clone(),
+                    signal: libc::SIGKILL,
+                });
+            }
             copying.finish();
             if exec_id.is_empty() {
                 let oom = client

@@ -81,6 +81,8 @@ impl Containerd {
                 "[plugins.\"io.containerd.grpc.v1.cri\"]\n  sandbox_image = \"{}\"\n  \
                  disable_apparmor = true\n  restrict_oom_score_adj = true\n\
                  [plugins.\"io.containerd.grpc.v1.cri\".cni]\n  conf_dir = \"{}\"\n  bin_dir = \"{}\"\n\
+                 [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc]\n  \
+                 runtime_type = \"io.containerd.runc.v2\"\n\
                  [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.capsule]\n  \
                  runtime_type = \"{RUNTIME}\"\n",
                 c.sandbox_image,
@@ -188,8 +190,11 @@ impl Containerd {
     pub fn leftovers(&self) -> Vec<String> {
         let mut out = Vec::new();
         if let Ok(entries) = std::fs::read_dir(self.cli.state_dir()) {
+            // Dot files are capsule's own (the helper links), not VMs.
             for e in entries.flatten() {
-                out.push(format!("VM state {}", e.path().display()));
+                if !e.file_name().to_string_lossy().starts_with('.') {
+                    out.push(format!("VM state {}", e.path().display()));
+                }
             }
         }
         let pods = self.pods_dir();
@@ -250,7 +255,9 @@ impl Containerd {
 pub fn build_busybox_tree(root: &Path) -> Result<(), String> {
     let err = |e: std::io::Error| format!("{}: {e}", root.display());
     std::fs::create_dir_all(root.join("bin")).map_err(err)?;
-    std::fs::create_dir_all(root.join("etc")).map_err(err)?;
+    for dir in ["etc", "tmp", "root"] {
+        std::fs::create_dir_all(root.join(dir)).map_err(err)?;
+    }
     std::fs::copy("/bin/busybox", root.join("bin/busybox")).map_err(err)?;
     for applet in [
         "sh", "uname", "true", "false", "sleep", "cat", "echo", "ls", "id", "ps", "nc", "wget",
@@ -272,17 +279,32 @@ pub fn build_busybox_tree(root: &Path) -> Result<(), String> {
 
 impl Drop for Containerd {
     fn drop(&mut self) {
-        // Kill the tasks (and with them the shims' VMs), then containerd.
-        if let Ok(out) = self.ctr(&["task", "ls", "-q"]) {
-            for id in out.stdout.lines().map(str::trim).filter(|l| !l.is_empty()) {
-                let _ = self.ctr(&["task", "kill", "-s", "KILL", id]);
+        // Kill the tasks of every namespace (and with them the shims' VMs), then containerd.
+        let namespaces = self
+            .ctr(&["namespaces", "ls", "-q"])
+            .map(|o| o.stdout)
+            .unwrap_or_default();
+        for ns in namespaces.lines().map(str::trim).filter(|l| !l.is_empty()) {
+            let list = |what: &str| {
+                self.ctr(&["--namespace", ns, what, "ls", "-q"])
+                    .map(|o| o.stdout)
+                    .unwrap_or_default()
+            };
+            for id in list("tasks")
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+            {
+                let _ = self.ctr(&["--namespace", ns, "tasks", "kill", "-s", "KILL", id]);
                 std::thread::sleep(Duration::from_millis(300));
-                let _ = self.ctr(&["task", "rm", "-f", id]);
+                let _ = self.ctr(&["--namespace", ns, "tasks", "rm", "-f", id]);
             }
-        }
-        if let Ok(out) = self.ctr(&["containers", "ls", "-q"]) {
-            for id in out.stdout.lines().map(str::trim).filter(|l| !l.is_empty()) {
-                let _ = self.ctr(&["containers", "rm", id]);
+            for id in list("containers")
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+            {
+                let _ = self.ctr(&["--namespace", ns, "containers", "rm", id]);
             }
         }
         let socket = self.socket.display().to_string();

@@ -137,8 +137,9 @@ fn task_lifecycle(backend: Backend) -> Result<(), String> {
     let usage = metrics
         .stdout
         .lines()
-        .find(|l| l.trim_start().starts_with("memory.usage_in_bytes"))
-        .and_then(|l| l.split_whitespace().last()?.parse::<u64>().ok());
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|f| f.first() == Some(&"memory.usage"))
+        .and_then(|f| f.last()?.parse::<u64>().ok());
     if !usage.is_some_and(|u| u > 0) {
         return Err(format!(
             "no memory usage in the metrics\n{}",

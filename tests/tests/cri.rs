@@ -25,7 +25,8 @@ fn cni_config(dir: &Path, ipam_dir: &Path) -> Result<(), String> {
     let conf = format!(
         r#"{{"cniVersion": "0.4.0", "name": "capsule-cri-test", "plugins": [{{
             "type": "bridge", "bridge": "{CNI_BRIDGE}", "isGateway": true, "ipMasq": false,
-            "ipam": {{"type": "host-local", "subnet": "{CNI_SUBNET}", "dataDir": "{}"}}
+            "ipam": {{"type": "host-local", "subnet": "{CNI_SUBNET}", "dataDir": "{}",
+                      "routes": [{{"dst": "0.0.0.0/0"}}]}}
         }}]}}"#,
         ipam_dir.display()
     );
@@ -78,9 +79,8 @@ fn import(c: &Containerd, reference: &str, cmd: &[&str]) -> Result<(), String> {
         "-o",
         &a,
     ];
-    for arg in cmd {
-        args.extend(["--cmd", arg]);
-    }
+    let cmd: Vec<String> = cmd.iter().map(|a| format!("--cmd={a}")).collect();
+    args.extend(cmd.iter().map(String::as_str));
     c.cli.run(&args)?.expect_code(0)?;
     c.ctr(&["--namespace", "k8s.io", "images", "import", &a])?
         .expect_code(0)?;
@@ -154,6 +154,30 @@ async fn pod(c: &Containerd) -> Result<(), String> {
         .map_err(|e| format!("RunPodSandbox: {e}\n{}", c.log()))?
         .into_inner()
         .pod_sandbox_id;
+    // The pod goes whatever the checks found: CNI's teardown removes its veth and netns.
+    let checked = checks(c, &mut rt, &pod_id, &sandbox_config, &logs).await;
+    let stopped = rt
+        .stop_pod_sandbox(cri::StopPodSandboxRequest {
+            pod_sandbox_id: pod_id.clone(),
+        })
+        .await
+        .map_err(|e| format!("StopPodSandbox: {e}\n{}", c.log()));
+    let removed = rt
+        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: pod_id,
+        })
+        .await
+        .map_err(|e| format!("RemovePodSandbox: {e}\n{}", c.log()));
+    checked.and(stopped).and(removed).map(drop)
+}
+
+async fn checks(
+    c: &Containerd,
+    rt: &mut RuntimeServiceClient<Channel>,
+    pod_id: &str,
+    sandbox_config: &cri::PodSandboxConfig,
+    logs: &Path,
+) -> Result<(), String> {
     let mut ids = Vec::new();
     for (name, cmd) in [
         (
@@ -168,7 +192,7 @@ async fn pod(c: &Containerd) -> Result<(), String> {
     ] {
         let id = rt
             .create_container(cri::CreateContainerRequest {
-                pod_sandbox_id: pod_id.clone(),
+                pod_sandbox_id: pod_id.to_string(),
                 config: Some(container(name, cmd)),
                 sandbox_config: Some(sandbox_config.clone()),
             })
@@ -212,7 +236,7 @@ async fn pod(c: &Containerd) -> Result<(), String> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let r = exec(
-            &mut rt,
+            rt,
             &ids[1],
             &["wget", "-qO-", "http://127.0.0.1:8080/index.html"],
         )
@@ -221,8 +245,10 @@ async fn pod(c: &Containerd) -> Result<(), String> {
             break;
         }
         if Instant::now() > deadline {
+            let log = std::fs::read_to_string(logs.join("server.log")).unwrap_or_default();
+            let seen = format!("server's log:\n{log}");
             return Err(format!(
-                "wget from the client to the server on localhost: exit {}, {:?} {:?}",
+                "wget from the client to the server on localhost: exit {}, {:?} {:?}\n{seen}",
                 r.exit_code,
                 String::from_utf8_lossy(&r.stdout),
                 String::from_utf8_lossy(&r.stderr)
@@ -233,7 +259,7 @@ async fn pod(c: &Containerd) -> Result<(), String> {
     // The pod IP CNI assigned is the containers' address.
     let status = rt
         .pod_sandbox_status(cri::PodSandboxStatusRequest {
-            pod_sandbox_id: pod_id.clone(),
+            pod_sandbox_id: pod_id.to_string(),
             verbose: false,
         })
         .await
@@ -247,21 +273,11 @@ async fn pod(c: &Containerd) -> Result<(), String> {
     if !ip.starts_with("10.231.0.") {
         return Err(format!("the pod has no address from CNI: {ip:?}"));
     }
-    let addrs = exec(&mut rt, &ids[1], &["ip", "-4", "addr"]).await?;
+    let addrs = exec(rt, &ids[1], &["ip", "-4", "addr"]).await?;
     let text = String::from_utf8_lossy(&addrs.stdout);
     if !text.contains(&format!("inet {ip}/")) {
         return Err(format!("the client does not have the pod IP {ip}:\n{text}"));
     }
-    rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
-        pod_sandbox_id: pod_id.clone(),
-    })
-    .await
-    .map_err(|e| format!("StopPodSandbox: {e}\n{}", c.log()))?;
-    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-        pod_sandbox_id: pod_id,
-    })
-    .await
-    .map_err(|e| format!("RemovePodSandbox: {e}\n{}", c.log()))?;
     Ok(())
 }
 

@@ -495,6 +495,10 @@ impl Container for KernelContainer {
         self.frozen.load(Ordering::Acquire)
     }
 
+    fn open_ptmx(&self) -> Option<OwnedFd> {
+        sys::openat(&self.fd, c"dev/pts/ptmx", libc::O_RDWR | libc::O_NOCTTY).ok()
+    }
+
     fn keyring(&self) -> Result<i32> {
         Ok(self.keyring)
     }

@@ -178,6 +178,11 @@ pub trait Container: Send + Sync {
     fn is_frozen(&self) -> bool;
     /// The serial of the container's keyring.
     fn keyring(&self) -> Result<i32>;
+    /// The master of the container's own devpts instance (`/dev/pts/ptmx` inside its root),
+    /// when it has one: a terminal there is one its processes' `/dev/pts` knows.
+    fn open_ptmx(&self) -> Option<OwnedFd> {
+        None
+    }
     /// Pids of every process of the container (as the agent sees them).
     fn procs(&self) -> Vec<libc::pid_t> {
         let Some(dir) = self.cgroup_dir() else {

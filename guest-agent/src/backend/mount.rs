@@ -3,7 +3,7 @@
 
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 
 use super::{BackendError, MountSpec, Result};
 use crate::sys;
@@ -95,6 +95,9 @@ pub fn parse_options(opts: &str) -> Options {
 /// Builds a detached mount for `spec` in the agent's context: open_tree for "bind", the mount
 /// API for everything else. `extra` lets the kernel backend add FSCONFIG_SET_CONTAINER.
 pub fn detached_mount(spec: &MountSpec, extra: &dyn Fn(&OwnedFd) -> Result<()>) -> Result<OwnedFd> {
+    if !spec.subdir.is_empty() {
+        return subdir_of(spec);
+    }
     let opts = parse_options(&spec.options);
     let src = CString::new(spec.source.as_str())
         .map_err(|_| BackendError::new(libc::EINVAL, "source").field("source"))?;
@@ -137,36 +140,50 @@ pub fn detached_mount(spec: &MountSpec, extra: &dyn Fn(&OwnedFd) -> Result<()>) 
     })?;
     let mnt = sys::fsmount(fs.as_raw_fd(), opts.attrs)
         .map_err(|e| BackendError::new(e, format!("fsmount {}", spec.fstype)).field("options"))?;
-    if spec.subdir.is_empty() {
-        return Ok(mnt);
-    }
-    subdir_of(mnt, spec)
+    Ok(mnt)
 }
 
-/// A detached copy of `spec.subdir` of the fresh mount `mnt`. Linux 6.12 cannot clone part of
-/// a detached mount, so the mount is attached for a moment in the agent's own namespace.
-fn subdir_of(mnt: OwnedFd, spec: &MountSpec) -> Result<OwnedFd> {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let staging = format!(
-        "/run/capsule-subdir-{}",
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    );
-    let fail = |e: i32, what: &str| BackendError::new(e, what.to_string()).field("subdir");
-    std::fs::create_dir_all(&staging)
-        .map_err(|e| fail(e.raw_os_error().unwrap_or(libc::EIO), "staging directory"))?;
-    let staging_c = CString::new(staging.as_str()).unwrap_or_default();
-    let result = sys::move_mount_fd(mnt.as_raw_fd(), &staging_c)
-        .map_err(|e| fail(e, "attaching the file system"))
-        .and_then(|()| {
-            let path = CString::new(format!("{staging}/{}", spec.subdir))
-                .map_err(|_| fail(libc::EINVAL, "subdir"))?;
-            let clone = sys::open_tree_clone(&path, true)
-                .map_err(|e| fail(e, &format!("directory {} of {}", spec.subdir, spec.source)));
-            let _ = sys::umount_detach(&staging_c);
-            clone
-        });
-    let _ = std::fs::remove_dir(&staging);
-    result
+/// Where the agent keeps a file system whose parts are containers' mounts (`subdir`).
+const SHARED_MOUNTS: &str = "/run/capsule-shares";
+
+/// A detached copy of `spec.subdir` of the file system `spec` names. The file system (a pod's
+/// virtio-fs share) is mounted once in the agent's own namespace, at
+/// `/run/capsule-shares/<source>`, and each part is cloned from there: Linux 6.12 cannot clone
+/// part of a detached mount, and one superblock serves every container of the pod.
+fn subdir_of(spec: &MountSpec) -> Result<OwnedFd> {
+    static MOUNTED: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    let fail = |e: i32, what: String| BackendError::new(e, what).field("subdir");
+    let base = format!("{SHARED_MOUNTS}/{}", spec.source);
+    {
+        let mut mounted = MOUNTED.lock().unwrap_or_else(|p| p.into_inner());
+        if !mounted.contains(&spec.source) {
+            let whole = MountSpec {
+                subdir: String::new(),
+                options: String::new(),
+                ..spec.clone()
+            };
+            let mnt = detached_mount(&whole, &|_| Ok(()))?;
+            std::fs::create_dir_all(&base).map_err(|e| {
+                fail(
+                    e.raw_os_error().unwrap_or(libc::EIO),
+                    format!("creating {base}"),
+                )
+            })?;
+            let base_c = CString::new(base.as_str()).unwrap_or_default();
+            sys::move_mount_fd(mnt.as_raw_fd(), &base_c)
+                .map_err(|e| fail(e, format!("mounting {} on {base}", spec.source)))?;
+            mounted.push(spec.source.clone());
+        }
+    }
+    let path = CString::new(format!("{base}/{}", spec.subdir))
+        .map_err(|_| fail(libc::EINVAL, "subdir".into()))?;
+    let fd = sys::open_tree_clone(&path, true)
+        .map_err(|e| fail(e, format!("directory {} of {}", spec.subdir, spec.source)))?;
+    let attrs = parse_options(&spec.options).attrs;
+    if attrs != 0 {
+        set_attrs(&fd, attrs)?;
+    }
+    Ok(fd)
 }
 
 fn set_attrs(fd: &OwnedFd, attrs: u32) -> Result<()> {

@@ -13,6 +13,8 @@ mod keys;
 mod network;
 mod processes;
 mod resources;
+
+pub use resources::enable_controllers;
 mod sockets;
 #[cfg(test)]
 mod tests;

@@ -76,7 +76,7 @@ impl Agent {
             (None, None, None, None, None);
         let stdio: [i32; 3];
         if r.tty {
-            let (master, slave) = tty::open_pty(r.tty_size.as_ref())?;
+            let (master, slave) = tty::open_pty(c.ops.open_ptmx(), r.tty_size.as_ref())?;
             tty_ctl =
                 Some(master.try_clone().map_err(|e| {
                     RpcError::from_errno(e.raw_os_error().unwrap_or(libc::EIO), "dup")

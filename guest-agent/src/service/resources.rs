@@ -104,6 +104,19 @@ pub(crate) fn limit_writes(
     Ok(out)
 }
 
+/// The controllers a container's cgroup gets: its counters (ContainerStats) and limits.
+const CONTROLLERS: &[&str] = &["cpu", "memory", "pids"];
+
+/// Enables [`CONTROLLERS`] for the children of the cgroup `dir`; one that cannot be enabled is
+/// logged and left out (SetResources then names it).
+pub fn enable_controllers(dir: &Path) {
+    for c in CONTROLLERS {
+        if let Err(e) = std::fs::write(dir.join("cgroup.subtree_control"), format!("+{c}")) {
+            log::info!("cgroup {}: controller {c} not enabled: {e}", dir.display());
+        }
+    }
+}
+
 /// Enables `controller` for the children of `dir`'s parent, if it is not yet.
 fn enable_controller(dir: &Path, controller: &str) -> Result<(), String> {
     let Some(parent) = dir.parent() else {
