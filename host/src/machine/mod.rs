@@ -6,6 +6,7 @@
 
 pub mod kvm;
 pub mod qemu;
+mod watchdog;
 
 use std::fmt;
 use std::path::{Path, PathBuf};

@@ -214,7 +214,19 @@ fn run(config: &MachineConfig, accel: Accel) -> Result<(ExitReason, PanicWatch),
     let result = cmd
         .spawn()
         .map_err(|source| MachineError::Spawn { what: QEMU, source })
-        .and_then(|child| wait_for_qemu(child, &mut console));
+        .and_then(|child| {
+            // -runas clears QEMU's parent-death signal: a watchdog takes its place.
+            let _watchdog = match &config.jail {
+                Some(_) => Some(super::watchdog::Watchdog::start(child.id()).map_err(
+                    |source| MachineError::Spawn {
+                        what: "QEMU's watchdog",
+                        source,
+                    },
+                )?),
+                None => None,
+            };
+            wait_for_qemu(child, &mut console)
+        });
     super::remove_cgroup(cgroup);
     let _ = std::fs::remove_file(&vhost_socket);
     Ok((result?, watch))
