@@ -53,6 +53,14 @@ pub struct VmSpec {
     /// Confine the VMM (seccomp filters; QEMU's sandbox). Off only with `--no-seccomp`.
     #[serde(default = "confined")]
     pub seccomp: bool,
+    /// Jail the machine process (its own uid from this range, namespaces, cgroup). `None` only
+    /// with `--no-jail`.
+    #[serde(default = "jailed")]
+    pub jail: Option<crate::jail::UidRange>,
+}
+
+fn jailed() -> Option<crate::jail::UidRange> {
+    Some(crate::jail::uids::DEFAULT)
 }
 
 fn confined() -> bool {
@@ -212,6 +220,7 @@ mod tests {
             upcall_timeout_secs: 10,
             network: None,
             seccomp: true,
+            jail: jailed(),
             shares: Vec::new(),
             virtiofsd: None,
         };
@@ -242,6 +251,7 @@ mod tests {
             upcall_timeout_secs: 10,
             network: None,
             seccomp: true,
+            jail: jailed(),
             shares: Vec::new(),
             virtiofsd: None,
         };

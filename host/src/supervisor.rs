@@ -11,7 +11,8 @@ use log::{info, warn};
 
 use capsule_vmm::exit::{error_chain, ExitReason};
 
-use crate::machine::{self, MachineConfig, MachineEnd, MachineError, Nic};
+use crate::jail;
+use crate::machine::{self, MachineConfig, MachineEnd, MachineError, MachineKind, Nic};
 use crate::spec::VmSpec;
 use crate::state::{process_start_time, Phase, StateDir, StateError, Status};
 use crate::upcall::{self, UpcallRoutes};
@@ -28,6 +29,8 @@ pub enum SupervisorError {
     Thread(#[source] std::io::Error),
     #[error("invalid state directory {0}")]
     InvalidDir(std::path::PathBuf),
+    #[error(transparent)]
+    Jail(#[from] crate::jail::JailError),
     #[error("cannot connect the VM to network {network}")]
     Network {
         network: String,
@@ -63,10 +66,30 @@ pub fn supervise(state: &StateDir) -> Result<Phase, SupervisorError> {
         spec.name, spec.machine, spec.machine_reason
     );
 
+    let jail = match spec.jail {
+        Some(range) => {
+            let own_root = spec.machine == MachineKind::Kvm;
+            match jail::prepare(&spec.name, state.dir(), range, own_root) {
+                Ok(jail) => Some(jail),
+                Err(e) => {
+                    status.phase = Phase::Dead;
+                    status.reason = Some(format!("cannot set up the jail: {}", error_chain(&e)));
+                    state.write_status(&status)?;
+                    return Err(e.into());
+                }
+            }
+        }
+        None => None,
+    };
+    // The VM's sockets: where its machine can reach them.
+    let sockets = jail
+        .as_ref()
+        .map_or(state.dir().to_path_buf(), |j| j.sockets.clone());
+
     // One virtiofsd per share, started from this thread so that they die with it
     // (PR_SET_PDEATHSIG), and stopped when this function returns (Drop). First, so that a
     // share that cannot be served leaves no other socket behind.
-    let mut daemons = match start_virtiofsds(&spec, state) {
+    let mut daemons = match start_virtiofsds(&spec, &sockets) {
         Ok(daemons) => daemons,
         Err(e) => {
             warn!("VM {}: {e}", spec.name);
@@ -77,8 +100,9 @@ pub fn supervise(state: &StateDir) -> Result<Phase, SupervisorError> {
         }
     };
 
-    let vsock_uds = state.vsock_path();
+    let vsock_uds = sockets.join("vsock.sock");
     let _ = std::fs::remove_file(&vsock_uds);
+    link_vsock(state, &vsock_uds)?;
     upcall::start(
         &vsock_uds,
         UpcallRoutes {
@@ -87,6 +111,11 @@ pub fn supervise(state: &StateDir) -> Result<Phase, SupervisorError> {
             timeout: Duration::from_secs(spec.upcall_timeout_secs),
         },
     )?;
+    if let (Some(jail), true) = (&jail, sockets != state.dir()) {
+        let upcalls =
+            capsule_protocol::hybrid::forward_path(&vsock_uds, capsule_protocol::UPCALL_PORT);
+        jail::give_socket(&upcalls, jail.uid)?;
+    }
 
     let networks = crate::network::store();
     let mut nics = Vec::new();
@@ -127,6 +156,7 @@ pub fn supervise(state: &StateDir) -> Result<Phase, SupervisorError> {
         console: state.console_path(),
         run_dir: state.dir().to_path_buf(),
         seccomp: spec.seccomp,
+        jail: jail.clone(),
     };
     let (done_tx, done_rx) = mpsc::channel::<Result<MachineEnd, MachineError>>();
     let kind = spec.machine;
@@ -204,13 +234,36 @@ pub fn supervise(state: &StateDir) -> Result<Phase, SupervisorError> {
     ] {
         let _ = std::fs::remove_file(path);
     }
+    if let Some(jail) = &jail {
+        if vsock_uds != state.vsock_path() {
+            let _ = std::fs::remove_file(state.vsock_path());
+        }
+        jail::clean_up(jail, state.dir());
+    }
     Ok(phase)
 }
 
-/// Starts the virtiofsd of every share of `spec`, its socket `fsN.sock` in the state directory.
+/// Makes `vsock.sock` of the state directory, where host programs connect, lead to the
+/// machine's socket `vsock_uds` when that is elsewhere (in the jail's sockets directory).
+fn link_vsock(state: &StateDir, vsock_uds: &Path) -> Result<(), SupervisorError> {
+    let public = state.vsock_path();
+    if vsock_uds == public {
+        return Ok(());
+    }
+    let _ = std::fs::remove_file(&public);
+    let target = vsock_uds.strip_prefix(state.dir()).unwrap_or(vsock_uds);
+    std::os::unix::fs::symlink(target, &public).map_err(|source| {
+        SupervisorError::State(StateError::Io {
+            path: public.clone(),
+            source,
+        })
+    })
+}
+
+/// Starts the virtiofsd of every share of `spec`, its socket `fsN.sock` in `sockets`.
 fn start_virtiofsds(
     spec: &VmSpec,
-    state: &StateDir,
+    sockets: &Path,
 ) -> Result<Vec<Virtiofsd>, virtiofsd::VirtiofsdError> {
     let Some(program) = &spec.virtiofsd else {
         // VmSpec::check refuses shares without virtiofsd.
@@ -220,8 +273,7 @@ fn start_virtiofsds(
         .iter()
         .enumerate()
         .map(|(i, share)| {
-            let daemon =
-                Virtiofsd::start(program, share, &state.dir().join(format!("fs{i}.sock")))?;
+            let daemon = Virtiofsd::start(program, share, &sockets.join(format!("fs{i}.sock")))?;
             info!(
                 "VM {}: virtiofsd {} serves {} as {} (tag {})",
                 spec.name,

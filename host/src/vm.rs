@@ -90,6 +90,8 @@ pub struct CreateRequest {
     pub upcall_timeout: Duration,
     /// Confine the VMM (`--no-seccomp` turns it off, for debugging).
     pub seccomp: bool,
+    /// Jail the machine process (`--no-jail` turns it off, for debugging).
+    pub jail: bool,
     /// The host network or namespace to join (`None`: `--net none`).
     pub network: Option<crate::network::Join>,
     /// Extra guest kernel parameters.
@@ -108,6 +110,8 @@ pub struct CreateRequest {
 pub enum CreateError {
     #[error(transparent)]
     Spec(#[from] SpecError),
+    #[error("cannot jail the VM (${env})", env = crate::jail::uids::RANGE_ENV)]
+    Jail(#[from] crate::jail::JailError),
     #[error(transparent)]
     State(#[from] StateError),
     #[error(transparent)]
@@ -495,6 +499,11 @@ pub fn prepare(req: CreateRequest) -> Result<Prepared, CreateError> {
         upcall_timeout_secs: req.upcall_timeout.as_secs(),
         network: None,
         seccomp: req.seccomp,
+        jail: if req.jail {
+            Some(crate::jail::UidRange::from_env()?)
+        } else {
+            None
+        },
         shares,
         virtiofsd,
     };
@@ -804,6 +813,9 @@ impl Vm {
         }
         if let Ok(spec) = self.state.read_json::<VmSpec>(&self.state.config_path()) {
             release_network(&spec);
+            if let Err(e) = crate::jail::release(&spec.name, self.state.dir()) {
+                log::warn!("VM {}: {}", spec.name, capsule_vmm::exit::error_chain(&e));
+            }
         }
         self.state.remove()?;
         Ok(())

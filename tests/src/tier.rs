@@ -130,6 +130,9 @@ pub struct BackendTest {
     pub guest: GuestKind,
     pub backends: &'static [Backend],
     pub run: fn(Backend) -> Result<(), String>,
+    /// Why this host cannot run the test on a backend beyond the tier's own needs (asked on
+    /// the host only: inside L1 the test must run).
+    pub unsupported: Option<fn(Backend) -> Option<String>>,
 }
 
 /// Both backends.
@@ -143,7 +146,14 @@ impl BackendTest {
             guest: GuestKind::Linux,
             backends: EVERY_BACKEND,
             run,
+            unsupported: None,
         }
+    }
+
+    /// This test, skipped on a backend where `why` gives a reason.
+    pub fn unless(mut self, why: fn(Backend) -> Option<String>) -> BackendTest {
+        self.unsupported = Some(why);
+        self
     }
 }
 
@@ -187,6 +197,7 @@ impl BackendTest {
                 (Backend::Kvm, GuestKind::Tiny) => ("T1", unavailable_reason(Tier::T1)),
                 (Backend::Kvm, GuestKind::Linux) => ("T3", no_hardware_kvm_reason()),
             };
+            let skip = skip.or_else(|| self.unsupported.and_then(|why| why(backend)));
             cases.push(Case {
                 name: name.clone(),
                 kind,
@@ -250,6 +261,7 @@ macro_rules! tiny_guest_tests_on_kvm {
             guest: $crate::tier::GuestKind::Tiny,
             backends: &[$crate::tier::Backend::Kvm],
             run: |_| $run(),
+            unsupported: None,
         }),*]
     };
 }

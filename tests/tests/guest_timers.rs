@@ -136,5 +136,6 @@ fn main() {
         guest: GuestKind::Linux,
         backends: &[Backend::Kvm],
         run: timers_and_clocks,
+        unsupported: None,
     }]);
 }

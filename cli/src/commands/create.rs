@@ -121,6 +121,11 @@ pub struct CreateArgs {
     #[arg(long)]
     no_seccomp: bool,
 
+    /// Run the VMM without its jail: as root, in the host's namespaces and root, without
+    /// rlimits or a cgroup of its own (QEMU: without -runas). For debugging only.
+    #[arg(long)]
+    no_jail: bool,
+
     /// Seconds to wait for the guest agent.
     #[arg(long, value_name = "SECS", default_value_t = 180)]
     timeout: u64,
@@ -170,8 +175,17 @@ fn request(args: CreateArgs) -> Result<CreateRequest> {
     if args.no_seccomp {
         eprintln!("capsule: warning: --no-seccomp: the VMM runs without its seccomp filters");
     }
+    if args.no_jail {
+        eprintln!(
+            "capsule: warning: --no-jail: the VMM runs as root in the host's namespaces, \
+             without rlimits or a cgroup"
+        );
+    } else if let Err(e) = capsule_host::cgroup::mount() {
+        eprintln!("capsule: warning: the VM gets no cgroup (no memory.max, cpu.max): {e}");
+    }
     Ok(CreateRequest {
         seccomp: !args.no_seccomp,
+        jail: !args.no_jail,
         network,
         name: args.name,
         kernel: args.kernel,

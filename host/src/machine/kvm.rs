@@ -2,7 +2,9 @@
 //! `<program> __vmm CONFIG` ([`VMM_COMMAND`], answered by [`run_vmm_process`]), which builds
 //! and runs the VM under its seccomp filters and reports how it ended on its stdout; the
 //! supervisor, which runs host programs (upcall helpers) and talks to the host's network, stays
-//! outside those filters.
+//! outside those filters. With a jail ([`crate::jail`]) the VMM process is started in a PID
+//! namespace of its own and in the VM's cgroup, enters its jail before it builds the VM and
+//! drops root after.
 
 use std::io::Read;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
@@ -20,6 +22,7 @@ use capsule_vmm::kvm_flavor::{GuestProfile, KvmFlavor};
 
 use super::{Machine, MachineConfig, MachineError};
 use crate::console::PanicWatch;
+use crate::jail::{self, Rlimits};
 
 /// The hidden subcommand a front end's program answers with [`run_vmm_process`].
 pub const VMM_COMMAND: &str = "__vmm";
@@ -27,6 +30,11 @@ pub const VMM_COMMAND: &str = "__vmm";
 /// What the VMM process prints when a seccomp filter stopped it (see
 /// `capsule_vmm::seccomp`); the system call number follows.
 pub const SECCOMP_VIOLATION: &str = "seccomp violation: system call";
+
+/// What the VMM process may hold beyond guest memory in its cgroup: measured at 1.7 MiB for a
+/// 128 MiB guest that filled its memory (docs/security.md), with room for the page tables of
+/// larger guests, vsock pipe buffers and the page cache of its disks, which the cgroup counts.
+pub const OVERHEAD_MIB: u64 = 64;
 
 /// capsule's VMM, run in a child process.
 pub struct KvmMachine;
@@ -152,26 +160,39 @@ fn run_child(config: &MachineConfig) -> Result<(ExitReason, PanicWatch), Machine
     let path = config.run_dir.join("vmm.json");
     let json = serde_json::to_vec(config).expect("a machine config serializes");
     std::fs::write(&path, json).map_err(spawn)?;
+    let cgroup = super::cgroup_for(config, OVERHEAD_MIB)?;
+    if config.jail.is_some() {
+        jail::unshare_pid_namespace()?;
+    }
+    let enter_cgroup = cgroup.as_ref().map(|c| c.enter_fd());
     let mut cmd = Command::new(program);
     cmd.arg(VMM_COMMAND)
         .arg(&path)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
-    // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe: the VMM gets SIGKILL when the
-    // thread that started it (and so the supervisor) dies, even by SIGKILL.
+    // SAFETY: prctl(PR_SET_PDEATHSIG) and the write of `cgroup::enter` are async-signal-safe:
+    // the VMM gets SIGKILL when the thread that started it (and so the supervisor) dies, even
+    // by SIGKILL, and is in its cgroup before it executes.
     unsafe {
-        cmd.pre_exec(|| {
+        cmd.pre_exec(move || {
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            if let Some(fd) = enter_cgroup {
+                crate::cgroup::enter(fd)?;
+            }
             Ok(())
         });
     }
-    let mut child = cmd.spawn().map_err(spawn)?;
-    let mut out = String::new();
-    if let Some(mut stdout) = child.stdout.take() {
-        let _ = stdout.read_to_string(&mut out);
-    }
-    let status = child.wait().map_err(spawn)?;
+    let child = cmd.spawn().map_err(spawn);
+    let result = child.and_then(|mut child| {
+        let mut out = String::new();
+        if let Some(mut stdout) = child.stdout.take() {
+            let _ = stdout.read_to_string(&mut out);
+        }
+        Ok((child.wait().map_err(spawn)?, out))
+    });
+    super::remove_cgroup(cgroup);
+    let (status, out) = result?;
     let (reason, panic) = reason_of(status, &out);
     Ok((reason, PanicWatch::reported(panic)))
 }
@@ -214,10 +235,28 @@ fn report(ended: &Ended) {
     );
 }
 
-/// Builds the VM for `config` and runs it until the guest ends, in this process.
+/// Builds the VM for `config` and runs it until the guest ends, in this process: in its jail,
+/// when it has one, dropping root once the VM is built.
 fn run(config: &MachineConfig) -> Result<(ExitReason, PanicWatch), MachineError> {
     let console = super::open_console(&config.console)?;
     let watch = console.watch();
+    let profile = GuestProfile::for_flavor(KvmFlavor::detect());
+    let jailed = match &config.jail {
+        Some(jail) => {
+            let (inner, binds) = jail.translate(config)?;
+            let largest_disk = config
+                .disks
+                .iter()
+                .filter_map(|d| std::fs::metadata(&d.path).ok())
+                .map(|m| m.len())
+                .max()
+                .unwrap_or(0);
+            jail::enter(jail, &binds, !config.nics.is_empty())?;
+            Some((inner, jail, Rlimits::for_disks(largest_disk)))
+        }
+        None => None,
+    };
+    let config = jailed.as_ref().map_or(config, |(inner, _, _)| inner);
     let vm = MicroVm::build(VmConfig {
         kernel: config.kernel.clone(),
         initrd: config.initrd.clone(),
@@ -257,9 +296,12 @@ fn run(config: &MachineConfig) -> Result<(ExitReason, PanicWatch), MachineError>
                 socket: s.socket.clone(),
             })
             .collect(),
-        profile: GuestProfile::for_flavor(KvmFlavor::detect()),
+        profile,
         seccomp: config.seccomp,
     })?;
+    if let Some((_, jail, limits)) = jailed {
+        jail::drop_privileges(jail, limits)?;
+    }
     Ok((vm.run(), watch))
 }
 

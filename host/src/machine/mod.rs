@@ -6,6 +6,7 @@
 
 pub mod kvm;
 pub mod qemu;
+mod watchdog;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -35,6 +36,10 @@ pub enum MachineError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Jail(#[from] crate::jail::JailError),
+    #[error("cannot set up the VM's cgroup")]
+    Cgroup(#[from] crate::cgroup::CgroupError),
     #[error("cannot open the console log {path}")]
     Console {
         path: PathBuf,
@@ -96,6 +101,9 @@ pub struct MachineConfig {
     /// Confine the VMM with its seccomp filters (capsule's VMM) or QEMU's sandbox.
     #[serde(default = "default_true")]
     pub seccomp: bool,
+    /// The machine process's jail (uid, root, cgroup); `None` with `--no-jail`.
+    #[serde(default)]
+    pub jail: Option<crate::jail::Jail>,
 }
 
 fn default_true() -> bool {
@@ -187,6 +195,32 @@ fn open_console(path: &Path) -> Result<crate::console::ConsoleLog, MachineError>
             path: path.to_path_buf(),
             source,
         })
+}
+
+/// The VM's cgroup for a machine whose own memory beyond the guest's is at most
+/// `overhead_mib`; `None` when the VM has no jail or this host no cgroup for it.
+fn cgroup_for(
+    config: &MachineConfig,
+    overhead_mib: u64,
+) -> Result<Option<crate::cgroup::Cgroup>, MachineError> {
+    let Some(name) = config.jail.as_ref().and_then(|j| j.cgroup.as_deref()) else {
+        return Ok(None);
+    };
+    let limits = crate::cgroup::Limits {
+        memory_max: (config.memory_mib + overhead_mib) << 20,
+        cpus: config.vcpus,
+    };
+    Ok(Some(crate::cgroup::Cgroup::create(name, limits)?))
+}
+
+/// Removes a machine's cgroup once its process has been reaped.
+fn remove_cgroup(cgroup: Option<crate::cgroup::Cgroup>) {
+    if let Some(group) = cgroup {
+        let dir = group.dir().to_path_buf();
+        if let Err(e) = group.remove() {
+            log::warn!("cannot remove the cgroup {}: {e}", dir.display());
+        }
+    }
 }
 
 /// How a machine run ended, with the console's panic line if the guest kernel panicked.

@@ -17,6 +17,15 @@ use crate::console::PanicWatch;
 
 const QEMU: &str = "qemu-system-x86_64";
 
+/// What QEMU may hold beyond guest memory in its cgroup: its translated code (bounded by
+/// [`TB_SIZE_MIB`]) and the rest; measured at 95 MiB beyond a 256 MiB guest that filled its
+/// memory, 40 MiB of it file pages of its binary and libraries (docs/security.md).
+pub const OVERHEAD_MIB: u64 = 256;
+
+/// QEMU's software CPU translation cache, in MiB (QEMU's default is 1 GiB, which a cgroup
+/// would have to allow for).
+pub const TB_SIZE_MIB: u64 = 128;
+
 /// Kernel parameters for a guest on QEMU microvm: reboot by triple fault, which QEMU run with
 /// `-no-reboot` turns into its own exit. QEMU appends the virtio-mmio devices itself.
 /// `no_timer_check`: under the software CPU on a busy host the kernel's IO-APIC timer check
@@ -57,18 +66,33 @@ pub fn qemu_args(config: &MachineConfig, accel: Accel, vhost_socket: &Path) -> V
     .map(|s| s.to_string())
     .collect();
     if config.seccomp {
-        // QEMU's own seccomp filter: no obsolete calls, no setuid, no fork/exec, no scheduler
-        // or resource changes.
-        args.extend(
-            [
-                "-sandbox",
-                "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
-            ]
-            .map(String::from),
-        );
+        // QEMU's own seccomp filter: no obsolete calls, no fork/exec, no scheduler or resource
+        // changes, and no set*id calls unless QEMU must make them itself for -runas: it
+        // installs the filter before it drops to the VM's uid, and a process without
+        // capabilities cannot gain any through them.
+        let privileges = if config.jail.is_some() {
+            "allow"
+        } else {
+            "deny"
+        };
+        args.push("-sandbox".into());
+        args.push(format!(
+            "on,obsolete=deny,elevateprivileges={privileges},spawn=deny,resourcecontrol=deny"
+        ));
+    }
+    if let Some(jail) = &config.jail {
+        // QEMU opens everything (kernel, disks, TAP, sockets) as root, then becomes the VM's
+        // uid and gid, without supplementary groups or capabilities, before the guest runs.
+        args.push("-runas".into());
+        args.push(format!("{0}:{0}", jail.uid));
     }
     match accel {
-        Accel::Tcg => args.extend(["-accel", "tcg", "-cpu", "max"].map(String::from)),
+        Accel::Tcg => args.extend([
+            "-accel".into(),
+            format!("tcg,tb-size={TB_SIZE_MIB}"),
+            "-cpu".into(),
+            "max".into(),
+        ]),
         Accel::Kvm => args.extend(["-accel", "kvm", "-cpu", "host"].map(String::from)),
     }
     args.push("-kernel".into());
@@ -168,22 +192,51 @@ fn run(config: &MachineConfig, accel: Accel) -> Result<(ExitReason, PanicWatch),
 
     let args = qemu_args(config, accel, &vhost_socket);
     info!("starting {} {}", qemu.display(), args.join(" "));
+    let cgroup = super::cgroup_for(config, OVERHEAD_MIB)?;
+    let enter_cgroup = cgroup.as_ref().map(|c| c.enter_fd());
     let mut cmd = Command::new(&qemu);
     cmd.args(&args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe: QEMU gets SIGKILL when the thread
-    // that started it (and so the supervisor) dies, even by SIGKILL.
+    // SAFETY: prctl(PR_SET_PDEATHSIG) and the write of `cgroup::enter` are async-signal-safe:
+    // QEMU gets SIGKILL when the thread that started it (and so the supervisor) dies, even by
+    // SIGKILL, and is in the VM's cgroup before it executes.
     unsafe {
-        cmd.pre_exec(|| {
+        cmd.pre_exec(move || {
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            if let Some(fd) = enter_cgroup {
+                crate::cgroup::enter(fd)?;
+            }
             Ok(())
         });
     }
-    let mut child = cmd
+    let result = cmd
         .spawn()
-        .map_err(|source| MachineError::Spawn { what: QEMU, source })?;
+        .map_err(|source| MachineError::Spawn { what: QEMU, source })
+        .and_then(|child| {
+            // -runas clears QEMU's parent-death signal: a watchdog takes its place.
+            let _watchdog = match &config.jail {
+                Some(_) => Some(super::watchdog::Watchdog::start(child.id()).map_err(
+                    |source| MachineError::Spawn {
+                        what: "QEMU's watchdog",
+                        source,
+                    },
+                )?),
+                None => None,
+            };
+            wait_for_qemu(child, &mut console)
+        });
+    super::remove_cgroup(cgroup);
+    let _ = std::fs::remove_file(&vhost_socket);
+    Ok((result?, watch))
+}
+
+/// Copies QEMU's serial output to the console log until QEMU exits, and tells why it did.
+fn wait_for_qemu(
+    mut child: std::process::Child,
+    console: &mut crate::console::ConsoleLog,
+) -> Result<ExitReason, MachineError> {
     let last_error = child.stderr.take().map(|err| {
         std::thread::spawn(move || {
             // QEMU's messages go on to the supervisor log; the last one explains a failure.
@@ -204,7 +257,7 @@ fn run(config: &MachineConfig, accel: Accel) -> Result<(ExitReason, PanicWatch),
             match out.read(&mut buf) {
                 Ok(0) => break,
                 Ok(n) => {
-                    if let Err(e) = std::io::Write::write_all(&mut console, &buf[..n]) {
+                    if let Err(e) = std::io::Write::write_all(console, &buf[..n]) {
                         warn!("cannot write the console log: {e}");
                     }
                 }
@@ -230,8 +283,7 @@ fn run(config: &MachineConfig, accel: Accel) -> Result<(ExitReason, PanicWatch),
         Some(code) => ExitReason::VmmError(format!("{QEMU} exited with status {code}{last_error}")),
         None => ExitReason::VmmError(format!("{QEMU} was killed ({status}){last_error}")),
     };
-    let _ = std::fs::remove_file(&vhost_socket);
-    Ok((reason, watch))
+    Ok(reason)
 }
 
 fn wait_for_socket(path: &Path) -> Result<(), MachineError> {
@@ -277,6 +329,7 @@ mod tests {
             console: "/s/console.log".into(),
             run_dir: "/s".into(),
             seccomp: true,
+            jail: None,
         };
         let args = qemu_args(&config, Accel::Tcg, Path::new("/s/vhost.sock")).join(" ");
         assert!(args.contains("memory-backend-memfd,id=mem,size=256M,share=on"));
@@ -288,7 +341,7 @@ mod tests {
         assert!(args.contains(
             "-sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
         ));
-        assert!(args.contains("-accel tcg -cpu max"));
+        assert!(args.contains("-accel tcg,tb-size=128 -cpu max"));
         assert!(
             args.contains("-append console=ttyS0 reboot=t panic=1 pci=off no_timer_check quiet")
         );
@@ -301,5 +354,37 @@ mod tests {
         ));
         assert!(args.contains("-chardev socket,id=fs0,path=/s/fs0.sock"));
         assert!(args.contains("-device vhost-user-fs-device,chardev=fs0,tag=capsule-fs0"));
+        assert!(!args.contains("-runas"));
+    }
+
+    #[test]
+    fn a_jailed_qemu_drops_to_the_vms_uid() {
+        let config = MachineConfig {
+            kernel: "/k/vmlinux".into(),
+            initrd: None,
+            cmdline_extra: String::new(),
+            vcpus: 1,
+            memory_mib: 128,
+            vsock_uds: "/s/vsock.sock".into(),
+            guest_cid: 3,
+            disks: vec![],
+            nics: vec![],
+            netns: None,
+            shares: vec![],
+            console: "/s/console.log".into(),
+            run_dir: "/s".into(),
+            seccomp: true,
+            jail: Some(crate::jail::Jail {
+                uid: 900_123,
+                root: "/s/jail".into(),
+                sockets: "/s".into(),
+                cgroup: None,
+            }),
+        };
+        let args = qemu_args(&config, Accel::Tcg, Path::new("/s/vhost.sock")).join(" ");
+        assert!(args.contains("-runas 900123:900123"));
+        // QEMU's filter is on before it drops privileges: it must allow the set*id calls.
+        assert!(args.contains("-sandbox on,obsolete=deny,elevateprivileges=allow,spawn=deny"));
+        assert!(args.contains("-accel tcg,tb-size=128"));
     }
 }
