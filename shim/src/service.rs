@@ -332,6 +332,7 @@ impl Service {
             upcalls: Default::default(),
             upcall_timeout: Duration::from_secs(10),
             seccomp: true,
+            jail: true,
             network,
             cmdline: String::new(),
             boot_timeout: BOOT_TIMEOUT,
@@ -761,6 +762,10 @@ impl containerd_shim::Task for Service {
         let task = state.task(&req.id)?;
         let container = task.container.clone();
         if req.all && req.exec_id.is_empty() {
+            if task.init.exit.get().is_some() {
+                // The container went with its process.
+                return Ok(api::Empty::new());
+            }
             client
                 .call::<KillContainer>(&pb::KillContainerRequest { container, signal })
                 .map_err(|e| rpc_error("kill", &e))?;

@@ -140,7 +140,7 @@ fn task_lifecycle(backend: Backend) -> Result<(), String> {
         .map(|l| l.split_whitespace().collect::<Vec<_>>())
         .find(|f| f.first() == Some(&"memory.usage"))
         .and_then(|f| f.last()?.parse::<u64>().ok());
-    if !usage.is_some_and(|u| u > 0) {
+    if usage.unwrap_or(0) == 0 {
         return Err(format!(
             "no memory usage in the metrics\n{}",
             metrics.describe()

@@ -156,12 +156,18 @@ async fn pod(c: &Containerd) -> Result<(), String> {
         .pod_sandbox_id;
     // The pod goes whatever the checks found: CNI's teardown removes its veth and netns.
     let checked = checks(c, &mut rt, &pod_id, &sandbox_config, &logs).await;
-    let stopped = rt
-        .stop_pod_sandbox(cri::StopPodSandboxRequest {
-            pod_sandbox_id: pod_id.clone(),
-        })
-        .await
-        .map_err(|e| format!("StopPodSandbox: {e}\n{}", c.log()));
+    if let Err(e) = &checked {
+        eprintln!("the pod failed its checks (tearing it down): {e}");
+    }
+    let stop = rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
+        pod_sandbox_id: pod_id.clone(),
+    });
+    let stopped = match tokio::time::timeout(Duration::from_secs(120), stop).await {
+        Ok(r) => r
+            .map(drop)
+            .map_err(|e| format!("StopPodSandbox: {e}\n{}", c.log())),
+        Err(_) => Err(format!("StopPodSandbox took over 2 minutes\n{}", c.log())),
+    };
     let removed = rt
         .remove_pod_sandbox(cri::RemovePodSandboxRequest {
             pod_sandbox_id: pod_id,
