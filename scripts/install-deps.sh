@@ -32,6 +32,10 @@ for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 
+# CNI's result cache, where containerd's CRI plugin writes (the L1 test machine mounts a tmpfs
+# on it, since it sees the host's /var/lib read-only).
+[ -d /var/lib/cni ] || { [ "$(id -u)" -eq 0 ] && mkdir -p /var/lib/cni; } || true
+
 if [ ${#missing[@]} -eq 0 ]; then
   echo "install-deps: all ${#packages[@]} packages present"
   exit 0

@@ -127,7 +127,9 @@ fn job_script(kit: &Kit, command: &str) -> Result<String, String> {
         shell_quote(&modroot)
     );
     // The host's /var/lib is read-only in L1.
-    script += "export CAPSULE_NETWORK_DIR=/run/capsule-networks\n";
+    script += "export CAPSULE_NETWORK_DIR=/run/capsule-networks\n"; // CNI's result cache (containerd's CRI writes it; scripts/install-deps.sh makes the directory).
+    script += "if [ -d /var/lib/cni ]; then mount -t tmpfs tmpfs /var/lib/cni || true; fi\n";
+
     script += &format!("cd {}\n", shell_quote(&cwd.display().to_string()));
     script += &format!("exec 2>&1\n{command}\n");
     Ok(script)

@@ -196,20 +196,43 @@ fn killed_shim_is_a_task_exit(backend: Backend) -> Result<(), String> {
     let shim = c.shim_pid(id).ok_or("no shim process for the task")?;
     // SAFETY: kill(2) with a pid and a signal number.
     unsafe { libc::kill(shim as i32, libc::SIGKILL) };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while task_status(&c, id)?.as_deref() == Some("RUNNING") && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(200));
+    // containerd runs the shim's `delete` (which removes the VM) and then publishes the exit.
+    let lines = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    if let Some(mut out) = events.stdout.take() {
+        let lines = lines.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = out.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                lines
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push_str(&text);
+            }
+        });
     }
-    std::thread::sleep(Duration::from_secs(1));
+    let exit_line = |seen: &str| {
+        seen.lines()
+            .find(|l| l.contains("/tasks/exit") && l.contains(id))
+            .map(str::to_string)
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let exit = loop {
+        let seen = lines.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Some(l) = exit_line(&seen) {
+            break Some(l);
+        }
+        if Instant::now() > deadline {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
     let _ = events.kill();
     let _ = events.wait();
-    let mut seen = String::new();
-    if let Some(mut out) = events.stdout.take() {
-        let _ = out.read_to_string(&mut seen);
-    }
-    let exit = seen
-        .lines()
-        .find(|l| l.contains("/tasks/exit") && l.contains(id));
+    let seen = lines.lock().unwrap_or_else(|p| p.into_inner()).clone();
     match exit {
         Some(l) if l.contains("137") => {}
         other => {
