@@ -27,6 +27,10 @@ pub struct ExecArgs {
     /// Run the command on a terminal (for interactive programs).
     #[arg(short, long)]
     tty: bool,
+    /// Keep stdin attached, as docker's and ctr's -i (so `-it` works the same). capsule
+    /// forwards stdin anyway unless it is /dev/null.
+    #[arg(short, long)]
+    interactive: bool,
     /// Set an environment variable: KEY=VALUE, or KEY to pass this shell's value. Repeatable.
     #[arg(short, long = "env", value_name = "KEY[=VALUE]")]
     env: Vec<String>,
