@@ -49,7 +49,7 @@ EOF
     ctr -a "$sock" containers rm pod >/dev/null 2>&1 || true
     kill "$ctrd" 2>/dev/null || true
     wait "$ctrd" 2>/dev/null || true
-    grep " $work" /proc/self/mountinfo | awk '{print $5}' | sort -r | xargs -r -n1 umount -l
+    { grep " $work" /proc/self/mountinfo || true; } | awk '{print $5}' | sort -r | xargs -r -n1 umount -l
     rm -rf "$work"
   }
   trap cleanup RETURN
