@@ -61,6 +61,22 @@ fn wait_status(c: &Containerd, id: &str, want: Option<&str>) -> Result<(), Strin
     }
 }
 
+/// `ctr run -d IMAGE id sleep 600`, until the task runs.
+fn run_detached(c: &Containerd, id: &str) -> Result<(), String> {
+    c.ctr(&[
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        TEST_IMAGE,
+        id,
+        "sleep",
+        "600",
+    ])?
+    .expect_code(0)?;
+    wait_status(c, id, Some("RUNNING"))
+}
+
 /// `ctr run --rm IMAGE id uname -r` prints the guest kernel's release; exit codes pass through;
 /// nothing is left once the task is gone.
 fn ctr_run_prints_the_guest_kernel(backend: Backend) -> Result<(), String> {
@@ -98,18 +114,7 @@ fn ctr_run_prints_the_guest_kernel(backend: Backend) -> Result<(), String> {
 fn task_lifecycle(backend: Backend) -> Result<(), String> {
     let c = started(backend)?;
     let id = "life";
-    c.ctr(&[
-        "run",
-        "-d",
-        "--runtime",
-        RUNTIME,
-        TEST_IMAGE,
-        id,
-        "sleep",
-        "600",
-    ])?
-    .expect_code(0)?;
-    wait_status(&c, id, Some("RUNNING"))?;
+    run_detached(&c, id)?;
     c.ctr(&["task", "exec", "--exec-id", "e1", id, "echo", "from exec"])?
         .expect_code(0)?
         .expect_stdout("from exec\n")?;
@@ -174,18 +179,7 @@ fn ctr_run_with_a_terminal(backend: Backend) -> Result<(), String> {
 fn killed_shim_is_a_task_exit(backend: Backend) -> Result<(), String> {
     let c = started(backend)?;
     let id = "orphan";
-    c.ctr(&[
-        "run",
-        "-d",
-        "--runtime",
-        RUNTIME,
-        TEST_IMAGE,
-        id,
-        "sleep",
-        "600",
-    ])?
-    .expect_code(0)?;
-    wait_status(&c, id, Some("RUNNING"))?;
+    run_detached(&c, id)?;
     let mut events = c
         .ctr_command(&["events"])
         .stdout(Stdio::piped())
