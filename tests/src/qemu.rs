@@ -62,7 +62,7 @@ pub struct QemuRun {
     pub status: ExitStatus,
     /// Wall time from start to exit.
     pub elapsed: Duration,
-    /// Where the serial output was written.
+    /// Where the serial output was written (a default scratch file is already removed).
     pub serial_log: PathBuf,
 }
 
@@ -210,6 +210,10 @@ impl QemuMicrovm {
             std::thread::sleep(Duration::from_millis(50));
         };
         let serial = read_lossy(&serial_log).map_err(io_err)?;
+        if self.serial_log.is_none() {
+            // Our own scratch file: its text is in `serial` now (a timeout keeps it, named).
+            let _ = std::fs::remove_file(&serial_log);
+        }
         Ok(QemuRun {
             serial,
             status,
