@@ -34,6 +34,24 @@ pub struct ContainerEntry {
     pub listeners: Mutex<HashMap<u64, tokio::task::JoinHandle<()>>>,
 }
 
+impl ContainerEntry {
+    /// Fails unless the container has its root file system (a ROOT_NONE container gets it
+    /// from a later Mount on "/").
+    pub(super) fn require_root(&self) -> Result<(), RpcError> {
+        if self.has_root.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        Err(RpcError::new(
+            Code::FailedPrecondition,
+            format!(
+                "container {:?} has no root file system yet: mount one at /",
+                self.name
+            ),
+        )
+        .with_field("container"))
+    }
+}
+
 impl Agent {
     pub(super) async fn create_container(
         self: &Arc<Self>,

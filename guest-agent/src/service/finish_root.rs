@@ -2,7 +2,6 @@
 //! read-only and masked paths, a read-only root ([`crate::backend::finish_root`] does them in
 //! a child inside the container).
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use capsule_protocol::validate;
@@ -20,16 +19,7 @@ impl Agent {
         let c = self.container("container", &r.container)?;
         validate::root_paths("masked_paths", &r.masked_paths)?;
         validate::root_paths("readonly_paths", &r.readonly_paths)?;
-        if !c.has_root.load(Ordering::Acquire) {
-            return Err(RpcError::new(
-                Code::FailedPrecondition,
-                format!(
-                    "container {:?} has no root file system yet: mount one at /",
-                    c.name
-                ),
-            )
-            .with_field("container"));
-        }
+        c.require_root()?;
         if c.flags & (flags::NEW_FS_NS | flags::NEW_EMPTY_FS_NS) == 0 {
             return Err(RpcError::new(
                 Code::FailedPrecondition,

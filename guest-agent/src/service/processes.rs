@@ -4,7 +4,6 @@
 
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use capsule_protocol::validate::{
@@ -55,16 +54,7 @@ impl Agent {
         r: pb::ExecRequest,
     ) -> Result<pb::ExecResponse, RpcError> {
         let c = self.container("container", &r.container)?;
-        if !c.has_root.load(Ordering::Acquire) {
-            return Err(RpcError::new(
-                Code::FailedPrecondition,
-                format!(
-                    "container {:?} has no root file system yet: mount one at /",
-                    c.name
-                ),
-            )
-            .with_field("container"));
-        }
+        c.require_root()?;
         let (candidates, argv, env, cwd) = validate_exec(&r)?;
         let privileges = validate_privileges(&r)?;
         let null =
