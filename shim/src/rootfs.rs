@@ -46,26 +46,11 @@ fn mount(
     flags: libc::c_ulong,
     what: &str,
 ) -> Result<(), MountError> {
-    let (src, dst) = (cpath(source), cpath(target));
-    let fstype = fstype.map(|t| CString::new(t).unwrap_or_default());
-    // SAFETY: NUL-terminated strings that outlive the call; no data argument.
-    let r = unsafe {
-        libc::mount(
-            src.as_ptr(),
-            dst.as_ptr(),
-            fstype.as_ref().map_or(std::ptr::null(), |t| t.as_ptr()),
-            flags,
-            std::ptr::null(),
-        )
-    };
-    if r < 0 {
-        return Err(MountError::Mount {
-            what: what.to_string(),
-            target: target.to_path_buf(),
-            source: std::io::Error::last_os_error(),
-        });
-    }
-    Ok(())
+    mount_data(source, target, fstype, flags, "").map_err(|source| MountError::Mount {
+        what: what.to_string(),
+        target: target.to_path_buf(),
+        source,
+    })
 }
 
 /// The mount(2) flags among containerd's mount options, and the rest as file system data.
@@ -265,11 +250,6 @@ impl PodDir {
         &self.path
     }
 
-    /// The directory of one container, relative to the pod directory (what the guest names).
-    pub fn relative(container: &str) -> PathBuf {
-        PathBuf::from(container)
-    }
-
     /// Unmounts and removes the pod directory with every container's mount points; fails,
     /// keeping it, if anything else is left in it.
     pub fn remove(&self) -> Result<(), MountError> {
@@ -297,7 +277,7 @@ pub struct ContainerFiles {
 
 impl ContainerFiles {
     pub fn new(pod: &PodDir, container: &str) -> ContainerFiles {
-        let rel = PodDir::relative(container);
+        let rel = PathBuf::from(container);
         ContainerFiles {
             dir: pod.path().join(&rel),
             rel,
