@@ -163,25 +163,40 @@ impl Containerd {
     /// Builds the test image with `capsule image build --format oci-archive` from Debian's
     /// static busybox and imports it.
     pub fn import_test_image(&self) -> Result<(), String> {
-        let tree = self.dir.join("image-root");
+        self.import_image("default", TEST_IMAGE, &["/bin/sh"])
+    }
+
+    /// Builds a busybox image named `reference` with default command `cmd` and imports it
+    /// into containerd's `namespace`.
+    pub fn import_image(
+        &self,
+        namespace: &str,
+        reference: &str,
+        cmd: &[&str],
+    ) -> Result<(), String> {
+        let tree = self
+            .dir
+            .join(&format!("tree-{}", reference.replace(['/', ':'], "-")));
         build_busybox_tree(&tree)?;
-        let archive = self.dir.join("image.tar");
+        let archive = tree.with_extension("tar");
         let (t, a) = (tree.display().to_string(), archive.display().to_string());
-        self.cli
-            .run(&[
-                "image",
-                "build",
-                "--from-dir",
-                &t,
-                "--format",
-                "oci-archive",
-                "--ref",
-                TEST_IMAGE,
-                "-o",
-                &a,
-            ])?
+        let mut args = vec![
+            "image",
+            "build",
+            "--from-dir",
+            &t,
+            "--format",
+            "oci-archive",
+            "--ref",
+            reference,
+            "-o",
+            &a,
+        ];
+        let cmd: Vec<String> = cmd.iter().map(|arg| format!("--cmd={arg}")).collect();
+        args.extend(cmd.iter().map(String::as_str));
+        self.cli.run(&args)?.expect_code(0)?;
+        self.ctr(&["--namespace", namespace, "images", "import", &a])?
             .expect_code(0)?;
-        self.ctr(&["images", "import", &a])?.expect_code(0)?;
         Ok(())
     }
 

@@ -60,33 +60,6 @@ async fn client(socket: PathBuf) -> Result<RuntimeServiceClient<Channel>, String
     Ok(RuntimeServiceClient::new(channel))
 }
 
-fn import(c: &Containerd, reference: &str, cmd: &[&str]) -> Result<(), String> {
-    let tree = c
-        .scratch()
-        .join(format!("tree-{}", reference.replace(['/', ':'], "-")));
-    containerd::build_busybox_tree(&tree)?;
-    let archive = tree.with_extension("tar");
-    let (t, a) = (tree.display().to_string(), archive.display().to_string());
-    let mut args = vec![
-        "image",
-        "build",
-        "--from-dir",
-        &t,
-        "--format",
-        "oci-archive",
-        "--ref",
-        reference,
-        "-o",
-        &a,
-    ];
-    let cmd: Vec<String> = cmd.iter().map(|a| format!("--cmd={a}")).collect();
-    args.extend(cmd.iter().map(String::as_str));
-    c.cli.run(&args)?.expect_code(0)?;
-    c.ctr(&["--namespace", "k8s.io", "images", "import", &a])?
-        .expect_code(0)?;
-    Ok(())
-}
-
 fn container(name: &str, command: &[&str]) -> cri::ContainerConfig {
     cri::ContainerConfig {
         metadata: Some(cri::ContainerMetadata {
@@ -302,9 +275,9 @@ fn pod_of_two_containers_in_one_vm(backend: Backend) -> Result<(), String> {
             cni_bin_dir: PathBuf::from("/usr/lib/cni"),
         }),
     )?;
-    import(&c, TEST_IMAGE, &["/bin/sh"])?;
-    import(
-        &c,
+    c.import_image("k8s.io", TEST_IMAGE, &["/bin/sh"])?;
+    c.import_image(
+        "k8s.io",
         PAUSE_IMAGE,
         &["sh", "-c", "while :; do sleep 3600; done"],
     )?;
